@@ -1,0 +1,10 @@
+/**
+ * The device interface, feature sets, the guest-side transport-neutral driver interface, and one
+ * folder per device type with its device model and its guest driver.
+ *
+ * @packageDocumentation
+ */
+
+export * from './driverApi.js';
+export * from './features.js';
+export * from './virtioDevice.js';
