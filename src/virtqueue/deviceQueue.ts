@@ -15,6 +15,7 @@
 
 import type { GuestMemory } from '../memory/index.js';
 import {
+  AVAIL_FLAGS,
   AVAIL_IDX,
   AVAIL_RING,
   AVAIL_RING_ALIGN,
@@ -130,6 +131,7 @@ export class DescriptorChain {
    * `dst`. Returns the number of bytes copied. Segments were checked to lie in RAM at pop time.
    */
   readFrom(mem: GuestMemory, offset: number, dst: Uint8Array): number {
+    checkOffset(offset);
     let copied = 0;
     let skip = offset;
     for (let i = 0; i < this.readableCount && copied < dst.length; i++) {
@@ -151,6 +153,7 @@ export class DescriptorChain {
    * bytes written (less than `src.length` when the writable part is too short).
    */
   writeTo(mem: GuestMemory, offset: number, src: Uint8Array): number {
+    checkOffset(offset);
     let written = 0;
     let skip = offset;
     for (let i = this.readableCount; i < this.count && written < src.length; i++) {
@@ -165,6 +168,13 @@ export class DescriptorChain {
       skip = 0;
     }
     return written;
+  }
+}
+
+/** Rejects an offset into a chain that is not a non-negative integer (a device bug, tier 3). */
+function checkOffset(offset: number): void {
+  if (!Number.isInteger(offset) || offset < 0) {
+    throw new VirtioError('INVALID_ARGUMENT', `invalid chain offset ${String(offset)}`);
   }
 }
 
@@ -200,6 +210,12 @@ export class DeviceQueue {
   private signalledUsed = 0;
   /** False until the first notification decision after reset: the first one always notifies. */
   private signalledUsedValid = false;
+  /**
+   * Available buffer notifications wanted (the state after reset, and after
+   * {@link DeviceQueue.enableNotification}). With EVENT_IDX, {@link DeviceQueue.pop} keeps
+   * avail_event just past what it consumed while this holds.
+   */
+  private notifyEnabled = true;
 
   /**
    * @param maxSize - QueueNumMax: largest size the driver may choose, a power of two up to 32768
@@ -235,6 +251,7 @@ export class DeviceQueue {
     this.error = null;
     this.signalledUsed = 0;
     this.signalledUsedValid = false;
+    this.notifyEnabled = true;
   }
 
   /**
@@ -275,7 +292,10 @@ export class DeviceQueue {
     return false;
   }
 
-  /** Number of chains the driver has made available and the device has not popped, or -1 if corrupt. */
+  /**
+   * Number of chains the driver has made available and the device has not popped. Returns -1 when
+   * this call finds avail.idx corrupt (and records the error), 0 on a stopped or idle queue.
+   */
   pending(mem: GuestMemory): number {
     if (!this.ready || this.error !== null) return 0;
     const n = (mem.read16(this.availRing + AVAIL_IDX) - this.nextAvail) & 0xffff;
@@ -290,12 +310,27 @@ export class DeviceQueue {
    * Pops the next available chain into `chain`. Returns true when a chain was popped; false when
    * none is available, or when the ring is corrupt, in which case {@link DeviceQueue.error} is set
    * and the queue stays stopped until reset.
+   * @throws VirtioError `INVALID_ARGUMENT` when `chain` holds fewer than
+   *   {@link DeviceQueue.chainLimit} segments (use {@link DeviceQueue.newChain})
    */
   pop(mem: GuestMemory, chain: DescriptorChain): boolean {
+    if (chain.capacity < this.chainLimit) {
+      // A short chain would silently drop segments (typed arrays ignore writes past their end).
+      throw new VirtioError(
+        'INVALID_ARGUMENT',
+        `descriptor chain capacity ${String(chain.capacity)} below the queue's limit ${String(this.chainLimit)}`,
+      );
+    }
     if (this.pending(mem) <= 0) return false;
     const slot = this.nextAvail & (this.size - 1);
     const head = mem.read16(this.availRing + AVAIL_RING + 2 * slot);
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
+    if (this.eventIdx && this.notifyEnabled) {
+      // 2.7.10: with EVENT_IDX the driver kicks only when avail.idx crosses avail_event, so a device
+      // that leaves notifications on must move avail_event along as it consumes (as QEMU's
+      // virtqueue_pop does); otherwise it hears one kick and then none until the index wraps.
+      mem.write16(this.usedRing + USED_RING + 8 * this.size, this.nextAvail);
+    }
     return this.walk(mem, head, chain);
   }
 
@@ -403,14 +438,15 @@ export class DeviceQueue {
       }
       visited++;
       if ((flags & DescFlag.NEXT) === 0) return true;
-      if (visited >= tableSize) {
-        return this.fail('chain-too-long', `descriptor chain loops or exceeds ${String(tableSize)} entries`);
-      }
       if (next >= tableSize) {
         return this.fail(
           'next-out-of-range',
           `descriptor ${String(i)} names next ${String(next)} of ${String(tableSize)}`,
         );
+      }
+      // Every entry of the table visited and still NEXT: a loop (2.7.5.2 forbids loops).
+      if (visited >= tableSize) {
+        return this.fail('chain-too-long', `descriptor chain loops or exceeds ${String(tableSize)} entries`);
       }
       i = next;
     }
@@ -419,7 +455,8 @@ export class DeviceQueue {
   /**
    * Puts a used element `{ id: head, len }` in the used ring and publishes it by advancing used.idx
    * (2.7.8). `len` is the number of bytes written into the chain's writable part.
-   * @throws VirtioError `INVALID_ARGUMENT` for a head outside the queue (a device bug)
+   * @throws VirtioError `INVALID_ARGUMENT` for a head outside the queue or a `len` that is not a
+   *   32-bit unsigned integer (device bugs)
    * @throws VirtioError `QUEUE_NOT_READY` when the queue is not live
    */
   addUsed(mem: GuestMemory, head: number, len: number): void {
@@ -430,6 +467,10 @@ export class DeviceQueue {
         `used id ${String(head)} outside queue of ${String(this.size)}`,
       );
     }
+    if (!Number.isInteger(len) || len < 0 || len > 0xffff_ffff) {
+      throw new VirtioError('INVALID_ARGUMENT', `used length ${String(len)} is not a 32-bit value`);
+    }
+    // 2.7.8.1: "The device MUST set len prior to updating the used idx."
     const slot = this.nextUsed & (this.size - 1);
     const e = this.usedRing + USED_RING + 8 * slot;
     mem.write32(e, head);
@@ -458,17 +499,18 @@ export class DeviceQueue {
       // vring_need_event: (u16)(new - event - 1) < (u16)(new - old)
       return ((newUsed - usedEvent - 1) & 0xffff) < ((newUsed - old) & 0xffff);
     }
-    return (mem.read16(this.availRing) & AvailFlag.NO_INTERRUPT) === 0;
+    return (mem.read16(this.availRing + AVAIL_FLAGS) & AvailFlag.NO_INTERRUPT) === 0;
   }
 
   /**
-   * Asks the driver for available buffer notifications (2.7.7.1 / 2.7.10): with EVENT_IDX, writes
+   * Asks the driver for available buffer notifications (2.7.10): with EVENT_IDX, writes
    * avail_event = next avail index; without, clears VIRTQ_USED_F_NO_NOTIFY. Returns true when
    * buffers are already pending, so the caller processes them instead of waiting for a kick that
    * raced the re-enable.
    */
   enableNotification(mem: GuestMemory): boolean {
     if (!this.ready || this.error !== null) return false;
+    this.notifyEnabled = true;
     if (this.eventIdx) {
       mem.write16(this.usedRing + USED_RING + 8 * this.size, this.nextAvail);
     } else {
@@ -477,9 +519,15 @@ export class DeviceQueue {
     return this.pending(mem) > 0;
   }
 
-  /** Tells the driver not to send available buffer notifications (no-op with EVENT_IDX). */
+  /**
+   * Tells the driver not to send available buffer notifications. With EVENT_IDX nothing is written
+   * (2.7.10.2: "The device MUST set flags to 0"): avail_event simply stops following
+   * {@link DeviceQueue.pop}, so the driver stops kicking once it passes it.
+   */
   disableNotification(mem: GuestMemory): void {
-    if (!this.ready || this.eventIdx) return;
+    if (!this.ready) return;
+    this.notifyEnabled = false;
+    if (this.eventIdx) return;
     mem.write16(this.usedRing + USED_FLAGS, mem.read16(this.usedRing + USED_FLAGS) | UsedFlag.NO_NOTIFY);
   }
 }

@@ -23,6 +23,7 @@ import {
   DESC_NEXT,
   DESC_SIZE,
   DescFlag,
+  MAX_CHAIN_BYTES,
   USED_FLAGS,
   USED_IDX,
   USED_RING,
@@ -53,9 +54,24 @@ export interface DriverQueueOptions {
   eventIdx?: boolean;
   /**
    * Allocator for indirect tables; when given (and VIRTIO_F_INDIRECT_DESC negotiated), buffers of
-   * more than one segment go through an indirect table and use one ring descriptor.
+   * more than one segment go through an indirect table and use one ring descriptor. When the
+   * allocator is exhausted, a buffer falls back to direct descriptors (as Linux does).
    */
   indirectAllocator?: GuestAllocator;
+}
+
+/**
+ * Checks one segment from the caller (tier 3) and returns its length: a safe non-negative integer
+ * address and a length that fits a descriptor's le32 `len`, zero excluded.
+ */
+function checkSegment(s: Segment): number {
+  if (!Number.isInteger(s.len) || s.len <= 0 || s.len > 0xffff_ffff) {
+    throw new VirtioError('INVALID_ARGUMENT', `invalid segment length ${String(s.len)}`);
+  }
+  if (!Number.isSafeInteger(s.addr) || s.addr < 0) {
+    throw new VirtioError('INVALID_ARGUMENT', `invalid segment address ${String(s.addr)}`);
+  }
+  return s.len;
 }
 
 /** Per-head bookkeeping of an outstanding buffer. */
@@ -89,6 +105,8 @@ export class DriverQueue<T = unknown> {
   private kickedAvail = 0;
   /** Free-running index of the next used element to harvest. */
   private lastUsed = 0;
+  /** Used buffer notifications wanted (shadow of what was last published, as Linux keeps it). */
+  private callbacksEnabled = true;
   private readonly eventIdx: boolean;
   private readonly indirectAllocator: GuestAllocator | undefined;
 
@@ -131,6 +149,15 @@ export class DriverQueue<T = unknown> {
     return this.freeCount;
   }
 
+  /**
+   * The free-running available index as last published in avail.idx: the index the next buffer
+   * will take. The notification data of VIRTIO_F_NOTIFICATION_DATA carries it (split ring: next_off
+   * is its low 15 bits, next_wrap bit 15).
+   */
+  get availIndex(): number {
+    return this.availIdx;
+  }
+
   /** Buffers given to the device and not yet harvested. */
   get inFlight(): number {
     let n = 0;
@@ -141,7 +168,9 @@ export class DriverQueue<T = unknown> {
   /**
    * Makes a buffer available: `out` segments are device-readable, `inSegs` device-writable
    * (2.7.13). Returns false when there are not enough free descriptors (try again after harvesting).
-   * @throws VirtioError `INVALID_ARGUMENT` for an empty buffer or a zero-length segment,
+   * @throws VirtioError `INVALID_ARGUMENT` for an empty buffer, a segment whose length is not in
+   *   [1, 2^32 - 1] or whose address is not a safe non-negative integer, a buffer longer than 2^32
+   *   bytes in total, or (without an indirect allocator) more segments than the queue size;
    *   `INVALID_STATE` on a broken queue
    */
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
@@ -149,11 +178,22 @@ export class DriverQueue<T = unknown> {
       throw new VirtioError('INVALID_STATE', `queue ${String(this.index)} is broken: ${this.broken}`);
     const total = out.length + inSegs.length;
     if (total === 0) throw new VirtioError('INVALID_ARGUMENT', 'a buffer needs at least one segment');
+    let bytes = 0;
     let writable = 0;
-    for (const s of out) if (s.len <= 0) throw new VirtioError('INVALID_ARGUMENT', 'zero-length segment');
-    for (const s of inSegs) {
-      if (s.len <= 0) throw new VirtioError('INVALID_ARGUMENT', 'zero-length segment');
-      writable += s.len;
+    for (const s of out) bytes += checkSegment(s);
+    for (const s of inSegs) writable += checkSegment(s);
+    bytes += writable;
+    if (bytes > MAX_CHAIN_BYTES) {
+      // 2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
+      throw new VirtioError('INVALID_ARGUMENT', `buffer of ${String(bytes)} bytes is longer than 2^32`);
+    }
+    if (total > this.size && this.indirectAllocator === undefined) {
+      // 2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than the Queue Size of the
+      // device." Without indirect tables it could never fit: returning false would spin the caller.
+      throw new VirtioError(
+        'INVALID_ARGUMENT',
+        `buffer of ${String(total)} segments does not fit a queue of ${String(this.size)}`,
+      );
     }
     const mem = this.mem;
     const table = this.rings.descTable;
@@ -161,8 +201,10 @@ export class DriverQueue<T = unknown> {
     let ndesc: number;
     let indirect = -1;
     if (this.indirectAllocator !== undefined && total > 1 && this.freeCount >= 1) {
+      indirect = this.allocIndirect(this.indirectAllocator, total * DESC_SIZE);
+    }
+    if (indirect >= 0) {
       // 2.7.5.3: one ring descriptor pointing at a table of `total` descriptors.
-      indirect = this.indirectAllocator.alloc(total * DESC_SIZE, DESC_SIZE);
       for (let k = 0; k < total; k++) {
         const s = k < out.length ? out[k] : inSegs[k - out.length];
         const d = indirect + k * DESC_SIZE;
@@ -262,11 +304,22 @@ export class DriverQueue<T = unknown> {
     }
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
     this.release(id, o);
-    if (this.eventIdx) {
-      // Ask for the next interrupt as soon as one more buffer is used (2.7.10).
+    if (this.eventIdx && this.callbacksEnabled) {
+      // 2.7.7.1: ask for the next interrupt as soon as one more buffer is used. Not while
+      // callbacks are disabled: re-arming here would undo disableCallbacks.
       mem.write16(this.rings.availRing + AVAIL_RING + 2 * this.size, this.lastUsed);
     }
     return { token: o.token, len };
+  }
+
+  /** Allocates an indirect table, or returns -1 when the allocator is exhausted. */
+  private allocIndirect(allocator: GuestAllocator, bytes: number): number {
+    try {
+      return allocator.alloc(bytes, DESC_SIZE);
+    } catch (e) {
+      if (e instanceof VirtioError && e.code === 'ALLOC_FAILED') return -1;
+      throw e;
+    }
   }
 
   /** Returns the descriptors of `head` to the free list. */
@@ -283,22 +336,35 @@ export class DriverQueue<T = unknown> {
   }
 
   /**
-   * Asks the device not to interrupt for this queue (VIRTQ_AVAIL_F_NO_INTERRUPT; with EVENT_IDX
-   * the flag is only a hint, 2.7.10).
+   * Asks the device not to interrupt for this queue (2.7.7.1). Without EVENT_IDX, sets
+   * VIRTQ_AVAIL_F_NO_INTERRUPT. With EVENT_IDX the flags must stay 0 ("The driver MUST set flags to
+   * 0"), so used_event is moved as far away as it goes, one entry behind the last harvested one, and
+   * {@link DriverQueue.getUsed} stops re-arming it. Like every suppression, only a hint: the
+   * driver still handles spurious notifications.
    */
   disableCallbacks(): void {
-    const a = this.rings.availRing + AVAIL_FLAGS;
-    this.mem.write16(a, this.mem.read16(a) | AvailFlag.NO_INTERRUPT);
+    this.callbacksEnabled = false;
+    if (this.eventIdx) {
+      this.mem.write16(this.rings.availRing + AVAIL_RING + 2 * this.size, (this.lastUsed - 1) & 0xffff);
+    } else {
+      const a = this.rings.availRing + AVAIL_FLAGS;
+      this.mem.write16(a, this.mem.read16(a) | AvailFlag.NO_INTERRUPT);
+    }
   }
 
   /**
-   * Asks for interrupts again; returns true when used buffers are already waiting (harvest them
+   * Asks for interrupts again (clears VIRTQ_AVAIL_F_NO_INTERRUPT, or with EVENT_IDX sets used_event
+   * to the next entry to harvest); returns true when used buffers are already waiting (harvest them
    * rather than wait for an interrupt that raced the re-enable).
    */
   enableCallbacks(): boolean {
-    const a = this.rings.availRing + AVAIL_FLAGS;
-    this.mem.write16(a, this.mem.read16(a) & ~AvailFlag.NO_INTERRUPT);
-    if (this.eventIdx) this.mem.write16(this.rings.availRing + AVAIL_RING + 2 * this.size, this.lastUsed);
+    this.callbacksEnabled = true;
+    if (this.eventIdx) {
+      this.mem.write16(this.rings.availRing + AVAIL_RING + 2 * this.size, this.lastUsed);
+    } else {
+      const a = this.rings.availRing + AVAIL_FLAGS;
+      this.mem.write16(a, this.mem.read16(a) & ~AvailFlag.NO_INTERRUPT);
+    }
     return this.hasUsed();
   }
 
