@@ -5,6 +5,9 @@
  * @packageDocumentation
  */
 
+export * from './blk/index.js';
 export * from './driverApi.js';
 export * from './features.js';
+export * from './rng/index.js';
+export * from './serveQueue.js';
 export * from './virtioDevice.js';
