@@ -4,4 +4,10 @@
  *
  * @packageDocumentation
  */
+
+export * from './interrupts.js';
+export * from './mmioDriver.js';
+export * from './mmioTransport.js';
+export * from './registers.js';
+export * from './statusMachine.js';
 export * from './types.js';
