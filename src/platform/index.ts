@@ -7,3 +7,4 @@
 export * from './bus.js';
 export * from './cpu.js';
 export * from './irq.js';
+export * from './machine.js';
