@@ -238,6 +238,25 @@ describe('2.7.5.3 indirect mode', () => {
     expect(f.dq.numFree).toBe(8);
   });
 
+  it('sends single-segment buffers indirect too when minIndirectSegments is 1', () => {
+    const mem = new RamMemory(new ArrayBuffer(RAM));
+    const ring = RingWriter.at(mem, 8, RING_BASE);
+    const tables = new GuestAllocator(TABLES, 0x4000);
+    const dq = new DriverQueue<string>(mem, 0, 8, ring.rings, {
+      indirectAllocator: tables,
+      minIndirectSegments: 1,
+    });
+    expect(dq.add([seg(DATA, 4)], [], 'one')).toBe(true);
+    expect(tables.count).toBe(1);
+    const d = ring.getDesc(ring.getAvailEntry(0));
+    expect([d.flags, d.len]).toEqual([DescFlag.INDIRECT, 16]);
+    const q = new DeviceQueue(8);
+    ring.configure(q, { indirectDesc: true });
+    const chain = q.newChain();
+    expect(q.pop(mem, chain)).toBe(true);
+    expect([chain.indirect, chain.count, chain.readableBytes]).toEqual([true, 1, 4]);
+  });
+
   it('keeps single-segment buffers direct', () => {
     const f = setup(8, { indirect: true });
     f.dq.add([seg(DATA, 4)], [], 'one');

@@ -25,7 +25,7 @@ export function benchChains(segments: number, indirect: boolean, options: Measur
     0,
     QUEUE_SIZE,
     { descTable, availRing, usedRing },
-    { indirectAllocator: indirect ? alloc : undefined },
+    { indirectAllocator: indirect ? alloc : undefined, minIndirectSegments: 1 },
   );
   const device = new DeviceQueue(QUEUE_SIZE);
   device.size = QUEUE_SIZE;
