@@ -10,7 +10,11 @@ import { Machine } from './machine.js';
 
 const countingEntropy = () => {
   let next = 0;
-  return { fill: (b: Uint8Array) => b.forEach((_, i) => (b[i] = next++ & 0xff)) };
+  return {
+    fill: (b: Uint8Array) => {
+      for (let i = 0; i < b.length; i++) b[i] = next++ & 0xff;
+    },
+  };
 };
 
 describe('Machine', () => {
@@ -38,8 +42,12 @@ describe('Machine', () => {
     );
     expect(() => m.slot('nope')).toThrow(expect.objectContaining({ code: 'DEVICE_NOT_FOUND' }));
     expect(() => m.probe('nope')).toThrow(expect.objectContaining({ code: 'DEVICE_NOT_FOUND' }));
-    expect(() => new Machine({ ramSize: 1024 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-    expect(() => new Machine({ ramSize: 2 ** 40 })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    expect(() => new Machine({ ramSize: 1024 })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    );
+    expect(() => new Machine({ ramSize: 2 ** 40 })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    );
   });
 
   it('skips a placeholder slot (DeviceID 0) without touching anything else', () => {
