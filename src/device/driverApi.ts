@@ -163,3 +163,20 @@ export function waitUntil(platform: GuestPlatform, done: () => boolean, what: st
   if (done()) return;
   throw new VirtioError('TIMEOUT', `${what}: no completion after ${MAX_HALTS_PER_WAIT} interrupts`);
 }
+
+/**
+ * Unbinds a driver from its device (Linux `remove` + `del_vqs`): resets the device, releases the
+ * queues, then runs `release` for the driver's own buffers — each step even when an earlier one
+ * threw, so nothing leaks from a misbehaving device. The first error is rethrown.
+ */
+export function removeDevice(t: VirtioTransportDriver, release: () => void): void {
+  try {
+    t.reset();
+  } finally {
+    try {
+      t.deleteQueues();
+    } finally {
+      release();
+    }
+  }
+}

@@ -44,6 +44,7 @@ import {
   type QueueRequest,
   readConfig64,
   readConfigConsistent,
+  removeDevice,
   type VirtioTransportDriver,
   waitUntil,
 } from '../driverApi.js';
@@ -959,16 +960,9 @@ export class BlkDriver {
   remove(): void {
     if (this.removed) return;
     this.removed = true;
-    const t = this.transport;
-    try {
-      t.reset();
-    } finally {
-      try {
-        t.deleteQueues();
-      } finally {
-        this.queues = [];
-        this.releaseSlots();
-      }
-    }
+    removeDevice(this.transport, () => {
+      this.queues = [];
+      this.releaseSlots();
+    });
   }
 }

@@ -9,7 +9,14 @@
 
 import { DeviceId, DeviceStatus, FeatureBit, VirtioError } from '../../spec/index.js';
 import type { DriverQueue } from '../../virtqueue/index.js';
-import { beginInit, failDevice, finishInit, type VirtioTransportDriver, waitUntil } from '../driverApi.js';
+import {
+  beginInit,
+  failDevice,
+  finishInit,
+  removeDevice,
+  type VirtioTransportDriver,
+  waitUntil,
+} from '../driverApi.js';
 import { Features } from '../features.js';
 
 /** Options of {@link RngDriver.probe}. */
@@ -214,16 +221,9 @@ export class RngDriver {
   remove(): void {
     if (this.removed) return;
     this.removed = true;
-    const t = this.transport;
-    try {
-      t.reset();
-    } finally {
-      try {
-        t.deleteQueues();
-      } finally {
-        this.queue = null;
-        this.releaseBuffer();
-      }
-    }
+    removeDevice(this.transport, () => {
+      this.queue = null;
+      this.releaseBuffer();
+    });
   }
 }
