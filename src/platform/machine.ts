@@ -5,7 +5,18 @@
  * interrupt is taken when the guest halts.
  *
  * The layout follows QEMU's microvm machine: device windows of 0x200 bytes from `mmioBase`, lines
- * from `firstLine` on.
+ * from `firstLine` on. A device may get extra wired lines (the 2014 multi-IRQ RFC) and the seed
+ * profile's MSI, whose messages go to the machine's {@link MsiController} (CPU 0 is APIC ID 0).
+ *
+ * The machine's description of a device, what the guest learns as Linux does from the device tree
+ * or the command line (`platform_get_irq(i)`), is {@link DeviceSlot.irqLines}:
+ *
+ * ```
+ * irqLines[0]       the standard line (combined output: every event)     always
+ * irqLines[1]       the configuration change line                          lines: 'per-queue' | 'shared'
+ * irqLines[2 + i]   queue i's line                                         lines: 'per-queue'
+ * irqLines[2]       the line of every queue                                lines: 'shared'
+ * ```
  *
  * @packageDocumentation
  */
@@ -13,10 +24,18 @@
 import type { VirtioDevice } from '../device/index.js';
 import { GuestAllocator, RamMemory } from '../memory/index.js';
 import { hex, MMIO_DEFAULT_WINDOW_SIZE, VirtioError } from '../spec/index.js';
-import { MmioDriver, MmioTransport, type MmioTransportOptions } from '../transport/index.js';
+import {
+  type DriverInterruptOptions,
+  type InterruptLine,
+  MmioDriver,
+  MmioTransport,
+  type MmioTransportOptions,
+  type MultiLineOptions,
+} from '../transport/index.js';
 import { MmioBus } from './bus.js';
-import { InProcessCpu } from './cpu.js';
+import { InProcessCpu, type InProcessCpuOptions } from './cpu.js';
 import { InterruptController } from './irq.js';
+import { MsiController } from './msi.js';
 
 /** Options of a {@link Machine}. */
 export interface MachineOptions {
@@ -34,12 +53,37 @@ export interface MachineOptions {
   reservedLow?: number;
   /** Called for every guest error any device's transport reports, with the device name. */
   onGuestError?: (device: string, message: string) => void;
+  /** Options of the guest CPU (MSI vector cap, no-MSI CPU, APIC id). */
+  cpu?: InProcessCpuOptions;
 }
 
-/** Options of {@link Machine.addDevice}: transport options minus what the machine supplies. */
-export interface AddDeviceOptions extends Omit<MmioTransportOptions, 'mem' | 'irq' | 'onGuestError'> {
+/** How many wired lines a device gets (docs/profiles/multi-line.md). */
+export type LineLayout = 'single' | 'per-queue' | 'shared';
+
+/**
+ * Options of {@link Machine.addDevice}: transport options minus what the machine supplies (RAM, the
+ * lines, the MSI sink, the error callback). `seed.msi` is wired to {@link Machine.msi}.
+ */
+export interface AddDeviceOptions
+  extends Omit<MmioTransportOptions, 'mem' | 'irq' | 'onGuestError' | 'lines' | 'msiSink'> {
   /** Name on the bus (default `<type><n>`). */
   name?: string;
+  /**
+   * Wired lines: 'single' (default, the standard line only), 'per-queue' (plus a configuration line
+   * and one line per queue) or 'shared' (plus a configuration line and one line for all queues).
+   */
+  lines?: LineLayout;
+}
+
+/** Options of {@link Machine.probe}: what the guest driver is built to use. */
+export interface ProbeOptions {
+  /**
+   * Whether the guest driver knows the seed profile (takes bits 39/40 as MMIO_NOTIFICATION/MMIO_MSI).
+   * Default: whether the device was placed with a seed profile, as a guest built for that machine.
+   */
+  seed?: boolean;
+  /** Interrupt modes the driver's cascade may use (default: all). */
+  interrupts?: DriverInterruptOptions;
 }
 
 /** A device placed on the machine. */
@@ -48,8 +92,12 @@ export interface DeviceSlot {
   readonly name: string;
   /** Guest physical address of the register window. */
   readonly base: number;
-  /** Wired interrupt line. */
+  /** The standard wired interrupt line (`irqLines[0]`). */
   readonly line: number;
+  /** Every wired line of the device, in the machine-description order above. */
+  readonly irqLines: readonly number[];
+  /** How the lines are laid out. */
+  readonly lineLayout: LineLayout;
   /** The device-side transport. */
   readonly transport: MmioTransport;
   /** The device model. */
@@ -66,13 +114,15 @@ export class Machine {
   readonly bus: MmioBus;
   /** The interrupt controller (level lines, EOI). */
   readonly irq: InterruptController;
+  /** The MSI controller (x86 address/data decoding); the CPU is APIC ID 0. */
+  readonly msi: MsiController;
   /** The guest CPU: takes interrupts when the guest halts. */
   readonly cpu: InProcessCpu;
   /** The guest's DMA allocator, for rings and buffers. */
   readonly dma: GuestAllocator;
   private readonly slots: DeviceSlot[] = [];
   private readonly mmioBase: number;
-  private readonly firstLine: number;
+  private nextLine: number;
   private readonly onGuestError: ((device: string, message: string) => void) | undefined;
 
   /** @throws VirtioError `INVALID_ARGUMENT` for a RAM size below 2 MiB or past 2 GiB */
@@ -87,9 +137,10 @@ export class Machine {
     this.dma = new GuestAllocator(reserved, ramSize - reserved);
     this.bus = new MmioBus();
     this.irq = new InterruptController({ lines: options.lines ?? 24 });
-    this.cpu = new InProcessCpu(this.irq);
+    this.cpu = new InProcessCpu(this.irq, options.cpu);
+    this.msi = new MsiController([[0, this.cpu]]);
     this.mmioBase = options.mmioBase ?? 0xfeb0_0000;
-    this.firstLine = options.firstLine ?? 5;
+    this.nextLine = options.firstLine ?? 5;
     this.onGuestError = options.onGuestError;
   }
 
@@ -99,8 +150,9 @@ export class Machine {
   }
 
   /**
-   * Places `device` behind a new MMIO transport, on the next window and the next line.
-   * @throws VirtioError `INVALID_ARGUMENT` for a duplicate name, `IRQ_INVALID_LINE` when lines run out
+   * Places `device` behind a new MMIO transport, on the next window and the next free line(s).
+   * @throws VirtioError `INVALID_ARGUMENT` for a duplicate name, an unknown line layout or invalid
+   *   transport options, `IRQ_INVALID_LINE` when lines run out (nothing is placed then)
    */
   addDevice(device: VirtioDevice, options: AddDeviceOptions = {}): DeviceSlot {
     const index = this.slots.length;
@@ -108,19 +160,37 @@ export class Machine {
     if (this.slots.some((s) => s.name === name)) {
       throw new VirtioError('INVALID_ARGUMENT', `a device named ${name} already exists`);
     }
-    const line = this.firstLine + index;
-    const irqLine = this.irq.line(line);
-    const { name: _ignored, ...transportOptions } = options;
+    const layout = options.lines ?? 'single';
+    const numQueues = device.queueMaxSizes.length;
+    let count: number;
+    if (layout === 'single') count = 1;
+    else if (layout === 'per-queue') count = 2 + numQueues;
+    else if (layout === 'shared') count = 3;
+    else throw new VirtioError('INVALID_ARGUMENT', `unknown line layout ${String(layout)}`);
+    const line = this.nextLine;
+    const irqLines: number[] = [];
+    const handles: InterruptLine[] = [];
+    for (let i = 0; i < count; i++) {
+      handles.push(this.irq.line(line + i));
+      irqLines.push(line + i);
+    }
+    let lines: MultiLineOptions | undefined;
+    if (layout === 'per-queue') lines = { config: handles[1], queues: handles.slice(2) };
+    else if (layout === 'shared') lines = { config: handles[1], sharedQueues: handles[2] };
+    const { name: _ignored, lines: _layout, ...transportOptions } = options;
     const onGuestError = this.onGuestError;
     const transport = new MmioTransport(device, {
       ...transportOptions,
       mem: this.mem,
-      irq: irqLine,
+      irq: handles[0],
+      lines,
+      msiSink: options.seed?.msi === undefined ? undefined : this.msi,
       onGuestError: onGuestError === undefined ? undefined : (message) => onGuestError(name, message),
     });
     const base = this.nextBase(transport.windowSize);
     this.bus.map(base, transport, name);
-    const slot: DeviceSlot = { name, base, line, transport, device };
+    this.nextLine = line + count;
+    const slot: DeviceSlot = { name, base, line, irqLines, lineLayout: layout, transport, device };
     this.slots.push(slot);
     return slot;
   }
@@ -148,14 +218,16 @@ export class Machine {
    * Guest side: probes the device `name` with the MMIO driver, as the guest kernel would after
    * reading the machine's description (window base and line). Returns null for DeviceID 0.
    */
-  probe(name: string): MmioDriver | null {
+  probe(name: string, options: ProbeOptions = {}): MmioDriver | null {
     const s = this.slot(name);
     return MmioDriver.probe(this.bus.window(name), {
       mem: this.mem,
       dma: this.dma,
       platform: this.cpu,
-      irqLines: [s.line],
+      irqLines: s.irqLines,
       name,
+      seed: options.seed ?? s.transport.seedProfile,
+      interrupts: options.interrupts,
     });
   }
 }

@@ -5,9 +5,11 @@
  * @packageDocumentation
  */
 
+export * from './driverInterrupts.js';
 export * from './interrupts.js';
 export * from './mmioDriver.js';
 export * from './mmioTransport.js';
 export * from './registers.js';
+export * from './seed/index.js';
 export * from './statusMachine.js';
 export * from './types.js';

@@ -238,7 +238,7 @@ describe('MmioDriver.probe', () => {
     expect(d.version).toBe(2);
     expect(d.deviceId).toBe(0x1f);
     expect(d.vendorId).toBe(MMIO_DEFAULT_VENDOR_ID);
-    expect(d.interruptMode).toBe('line');
+    expect(d.interruptMode).toBe('none');
     expect(r.spy.log.map((e) => `${e.op}${e.offset}`)).toEqual([
       `r${MmioReg.MagicValue}`,
       `r${MmioReg.Version}`,

@@ -6,12 +6,21 @@
  * ```
  * probe     MagicValue, Version (1 or 2), DeviceID (0: empty slot), VendorID; legacy: GuestPageSize
  * features  DeviceFeaturesSel/DeviceFeatures x4 words; DriverFeaturesSel/DriverFeatures x4 words
- * queues    request the wired line, then per queue: QueueSel, QueueReady == 0 (legacy QueuePFN),
- *           QueueNumMax, rings from the DMA allocator, QueueNum, Desc/Driver/Device Low/High,
- *           QueueReady = 1 (legacy: QueueAlign, QueuePFN)
- * interrupt InterruptStatus -> InterruptACK, config handler for bit 1, every queue for bit 0
- * notify    QueueNotify = queue index, or the 32-bit notification data (VIRTIO_F_NOTIFICATION_DATA)
+ * queues    the interrupt cascade (driverInterrupts.ts), and per queue: QueueSel, QueueReady == 0
+ *           (legacy QueuePFN), QueueNumMax, rings from the DMA allocator, QueueNum,
+ *           Desc/Driver/Device Low/High, QueueReady = 1 (legacy: QueueAlign, QueuePFN)
+ * interrupt line: InterruptStatus -> InterruptACK, config handler for bit 1, every queue for bit 0;
+ *           MSI: the vector says which event, no register access
+ * notify    QueueNotify (or the queue's seed notification address) = queue index, or the 32-bit
+ *           notification data (VIRTIO_F_NOTIFICATION_DATA)
  * ```
+ *
+ * Seed v2 profile (option `seed`, docs/profiles/seed-v2.md): feature bits 39 and 40 mean
+ * VIRTIO_F_MMIO_NOTIFICATION and VIRTIO_F_MMIO_MSI instead of the standard NOTIF_CONFIG_DATA and
+ * RING_RESET, so the driver negotiates them only when the machine description says the device
+ * speaks the seed profile, and then never uses RING_RESET. Every seed register value is checked
+ * before it is trusted, so a standard device that offers RING_RESET (bit 40) falls back cleanly:
+ * its 0x0c0 is QueueReset, which reads 0 or 1, never the two vectors MSI needs.
  *
  * Device drivers see only {@link VirtioTransportDriver}; this class is the one place that knows the
  * register layout. It counts nothing itself: the platform bus counts every access.
@@ -36,6 +45,11 @@ import {
   MMIO_VERSION_MODERN,
   MmioLegacyReg,
   MmioReg,
+  MSI_NO_VECTOR,
+  MsiCmd,
+  MsiStateBit,
+  SeedFeatureBit,
+  SeedMmioReg,
   USED_RING_ALIGN,
   VirtioError,
 } from '../spec/index.js';
@@ -46,7 +60,14 @@ import {
   legacyRingBytes,
   type RingAddresses,
 } from '../virtqueue/index.js';
-import type { GuestIrqPlatform, MmioAccess } from './types.js';
+import {
+  type DriverInterruptOptions,
+  INTERRUPT_MODES,
+  type InterruptFallback,
+  type InterruptMode,
+} from './driverInterrupts.js';
+import { MAX_QUEUE_INTERRUPT_BITS, queueInterruptBit } from './interrupts.js';
+import type { GuestIrqPlatform, GuestMsiAllocator, MmioAccess } from './types.js';
 
 /** Options of {@link MmioDriver.probe}: what the machine description tells the guest. */
 export interface MmioDriverOptions {
@@ -65,6 +86,14 @@ export interface MmioDriverOptions {
   name?: string;
   /** Legacy (Version 1): the guest page size written to GuestPageSize; a power of two, default 4096. */
   pageSize?: number;
+  /**
+   * The machine description says the device speaks the seed v2 profile: negotiate
+   * VIRTIO_F_MMIO_NOTIFICATION (39) and VIRTIO_F_MMIO_MSI (40) and never RING_RESET (40) or
+   * NOTIF_CONFIG_DATA (39). Default false (the standard meaning of those bits).
+   */
+  seed?: boolean;
+  /** Which interrupt modes the cascade may use (default all). */
+  interrupts?: DriverInterruptOptions;
 }
 
 /** Status reads after a reset before the device is declared dead (2.4.2: wait for 0). */
@@ -89,6 +118,20 @@ const MODERN_TRANSPORT_BITS: readonly number[] = [
   FeatureBit.VERSION_1,
   FeatureBit.RING_RESET,
   FeatureBit.NOTIFICATION_DATA,
+];
+
+/**
+ * Transport bits with the seed v2 profile: the standard ones minus RING_RESET, whose bit (40) the
+ * seed reuses for VIRTIO_F_MMIO_MSI (and whose register, 0x0c0, for MsiVecNum), plus the two seed
+ * bits. NOTIF_CONFIG_DATA (39) is never kept, with or without the seed.
+ */
+const SEED_TRANSPORT_BITS: readonly number[] = [
+  FeatureBit.INDIRECT_DESC,
+  FeatureBit.EVENT_IDX,
+  FeatureBit.VERSION_1,
+  FeatureBit.NOTIFICATION_DATA,
+  SeedFeatureBit.MMIO_NOTIFICATION,
+  SeedFeatureBit.MMIO_MSI,
 ];
 
 /**
@@ -117,6 +160,19 @@ interface QueueSlot {
   readonly size: number;
   /** Where the areas are (null until allocated). */
   rings: RingAddresses | null;
+  /** Window offset the available buffer notification is written to (computed once at setup). */
+  notifyOffset: number;
+}
+
+/** Thrown by a cascade step whose interrupt routing cannot work: the next step is tried. */
+class RoutingFailure extends Error {}
+
+/** What the seed MSI registers said, read at most once per setupQueues. */
+interface MsiProbe {
+  /** MsiVecNum. */
+  readonly vectors: number;
+  /** MsiState sharing bit (read only when MsiVecNum is plausible). */
+  readonly sharing: boolean;
 }
 
 /** Largest power of two not above `n` (n >= 1). */
@@ -141,8 +197,6 @@ export class MmioDriver implements VirtioTransportDriver {
   readonly dma: GuestAllocator;
   /** The guest platform. */
   readonly platform: GuestIrqPlatform;
-  /** Interrupts arrive on one wired line. */
-  readonly interruptMode = 'line';
   /** Name for messages. */
   readonly name: string;
   /** Legacy: the guest page size (QueuePFN unit and QueueAlign). */
@@ -152,6 +206,8 @@ export class MmioDriver implements VirtioTransportDriver {
   private readonly irqLines: readonly number[];
   private readonly legacy: boolean;
   private negotiated = new Features();
+  /** What the device offered at the last {@link MmioDriver.getFeatures}. */
+  private offered = new Features();
   /** Cached negotiated bits used on hot paths. */
   private notificationData = false;
   private ringReset = false;
@@ -161,11 +217,37 @@ export class MmioDriver implements VirtioTransportDriver {
   private readonly slots: QueueSlot[] = [];
   /** Set-up queues by queue number. */
   private readonly byIndex = new Map<number, QueueSlot>();
-  /** The line whose handler is installed, or -1. */
-  private irqLine = -1;
+  /** Seed profile enabled for this device (option `seed`). */
+  private readonly seed: boolean;
+  /** Modes the cascade may use. */
+  private readonly allowed: ReadonlySet<InterruptMode>;
+  /** Negotiated VIRTIO_F_MMIO_MSI / VIRTIO_F_MMIO_NOTIFICATION (seed profile only). */
+  private seedMsi = false;
+  private seedNotification = false;
+  /** The mode in use, or null before setup / after teardown. */
+  private mode: InterruptMode | null = null;
+  /** Steps of the last cascade that were not used. */
+  private fallbackLog: InterruptFallback[] = [];
+  /** Wired lines whose handlers are installed (the unwind and teardown release them). */
+  private readonly heldLines: number[] = [];
+  /** CPU vectors allocated for MSI (the unwind and teardown free them). */
+  private msiVectors: number[] = [];
+  /** We enabled MSI on the device (the unwind and teardown disable it). */
+  private msiOn = false;
+  /** Seed per-queue notification: notify_base and notify_multiplier (QueueNotify and 0 without). */
+  private notifyBase: number = MmioReg.QueueNotify;
+  private notifyMultiplier = 0;
   private configHandler: (() => void) | null = null;
-  /** The interrupt handler, bound once. */
+  /** The single-line interrupt handler, bound once. */
   private readonly interruptHandler: () => void;
+  /** Runs the configuration change handler (MSI config vector), bound once. */
+  private readonly configEventHandler: () => void;
+  /** Runs every queue with used buffers (MSI shared queue vector), bound once. */
+  private readonly vringHandler: () => void;
+  /** Config line of the multi-line layout: acknowledge bit 1, run the config handler. */
+  private readonly lineConfigHandler: () => void;
+  /** Shared queue line of the multi-line layout: acknowledge bit 0, run every queue. */
+  private readonly lineSharedHandler: () => void;
 
   private constructor(
     access: MmioAccess,
@@ -187,7 +269,24 @@ export class MmioDriver implements VirtioTransportDriver {
     this.vendorId = vendorId;
     this.pageSize = pageSize;
     this.name = name;
+    this.seed = options.seed === true;
+    this.allowed = new Set(options.interrupts?.allow ?? INTERRUPT_MODES);
     this.interruptHandler = () => this.handleInterrupt();
+    this.configEventHandler = () => {
+      if (this.configHandler !== null) this.configHandler();
+    };
+    this.vringHandler = () => this.runQueues();
+    // Multi-line lines say which event they carry, so no InterruptStatus read: acknowledge first
+    // (an event after the acknowledgement raises the line again), then handle.
+    this.lineConfigHandler = () => {
+      this.access.write32(MmioReg.InterruptACK, InterruptBit.CONFIG);
+      if (this.configHandler !== null) this.configHandler();
+    };
+    this.lineSharedHandler = () => {
+      // Bit 0 is the combined queue bit: acknowledging it acknowledges every queue.
+      this.access.write32(MmioReg.InterruptACK, InterruptBit.VRING);
+      this.runQueues();
+    };
   }
 
   /**
@@ -196,11 +295,19 @@ export class MmioDriver implements VirtioTransportDriver {
    * and MUST NOT access any other register": an empty slot), and for a legacy device writes
    * GuestPageSize (4.2.4).
    * @throws VirtioError `DEVICE_REJECTED` for a wrong MagicValue or a Version other than 1 or 2
-   * @throws VirtioError `INVALID_ARGUMENT` for a page size that is not a power of two from 4096 up
+   * @throws VirtioError `INVALID_ARGUMENT` for a page size that is not a power of two from 4096 up,
+   *   or an empty or unknown list of allowed interrupt modes
    */
   static probe(access: MmioAccess, options: MmioDriverOptions): MmioDriver | null {
     const name = options.name ?? 'virtio-mmio';
     const pageSize = options.pageSize ?? LEGACY_DEFAULT_PAGE_SIZE;
+    const allow = options.interrupts?.allow;
+    if (allow !== undefined && (allow.length === 0 || allow.some((m) => !INTERRUPT_MODES.includes(m)))) {
+      throw new VirtioError(
+        'INVALID_ARGUMENT',
+        `${name}: interrupt modes must be a non-empty subset of ${INTERRUPT_MODES.join(', ')}`,
+      );
+    }
     if (!isPowerOfTwo(pageSize) || pageSize < LEGACY_DEFAULT_PAGE_SIZE) {
       throw new VirtioError(
         'INVALID_ARGUMENT',
@@ -262,7 +369,12 @@ export class MmioDriver implements VirtioTransportDriver {
   reset(): void {
     this.access.write32(MmioReg.Status, 0);
     for (let i = 0; i < MMIO_RESET_POLL_LIMIT; i++) {
-      if (this.access.read32(MmioReg.Status) === 0) return;
+      if (this.access.read32(MmioReg.Status) === 0) {
+        // A reset turns MSI off (seed-v2.md rule 13) and gates the Msi* registers until the next
+        // negotiation: the teardown that follows must not read MsiState or write DISABLE.
+        this.msiOn = false;
+        return;
+      }
     }
     throw new VirtioError(
       'DEVICE_FAILED',
@@ -277,12 +389,16 @@ export class MmioDriver implements VirtioTransportDriver {
       this.access.write32(MmioReg.DeviceFeaturesSel, i);
       f.words[i] = this.access.read32(MmioReg.DeviceFeatures);
     }
+    this.offered = f.clone();
     return f;
   }
 
   /**
    * Writes the accepted features (Linux `vm_finalize_features`): device-type bits (0..23, 50..127)
-   * pass, transport bits only if this driver implements them. A modern device must end up with
+   * pass, transport bits only if this driver implements them. With the seed profile (option
+   * `seed`, modern devices only) bits 39/40 are kept as VIRTIO_F_MMIO_NOTIFICATION /
+   * VIRTIO_F_MMIO_MSI and RING_RESET is never kept; without it they keep their standard meaning
+   * (RING_RESET kept, NOTIF_CONFIG_DATA not). A modern device must end up with
    * VIRTIO_F_VERSION_1 (4.2.3.1.1 / 6.1: "A driver MUST accept VIRTIO_F_VERSION_1 if it is
    * offered"; Linux: version 2 devices "must provide VIRTIO_F_VERSION_1"); otherwise the device is
    * marked FAILED and nothing is written.
@@ -293,8 +409,20 @@ export class MmioDriver implements VirtioTransportDriver {
     for (let bit = 0; bit <= DEVICE_BITS_LOW_LAST; bit++) if (accepted.has(bit)) kept.set(bit);
     for (let bit = DEVICE_BITS_HIGH_FIRST; bit < FEATURE_WORDS * 32; bit++)
       if (accepted.has(bit)) kept.set(bit);
-    for (const bit of this.legacy ? LEGACY_TRANSPORT_BITS : MODERN_TRANSPORT_BITS) {
+    const transportBits = this.legacy
+      ? LEGACY_TRANSPORT_BITS
+      : this.seed
+        ? SEED_TRANSPORT_BITS
+        : MODERN_TRANSPORT_BITS;
+    for (const bit of transportBits) {
       if (accepted.has(bit)) kept.set(bit);
+    }
+    if (this.seed && !this.legacy) {
+      // The seed's vm_finalize_features: the MMIO extensions are the transport's business, taken
+      // whenever the device offers them, whatever the device driver asked for.
+      for (const bit of [SeedFeatureBit.MMIO_MSI, SeedFeatureBit.MMIO_NOTIFICATION]) {
+        if (this.offered.has(bit)) kept.set(bit);
+      }
     }
     if (!this.legacy && !kept.has(FeatureBit.VERSION_1)) {
       // 3.1.1: "If any of these steps go irrecoverably wrong, the driver SHOULD set the FAILED
@@ -311,7 +439,9 @@ export class MmioDriver implements VirtioTransportDriver {
     }
     this.negotiated = kept;
     this.notificationData = kept.has(FeatureBit.NOTIFICATION_DATA);
-    this.ringReset = kept.has(FeatureBit.RING_RESET);
+    this.ringReset = !this.seed && kept.has(FeatureBit.RING_RESET);
+    this.seedMsi = this.seed && !this.legacy && kept.has(SeedFeatureBit.MMIO_MSI);
+    this.seedNotification = this.seed && !this.legacy && kept.has(SeedFeatureBit.MMIO_NOTIFICATION);
     this.eventIdx = kept.has(FeatureBit.EVENT_IDX);
     this.indirectDesc = kept.has(FeatureBit.INDIRECT_DESC);
     return kept.clone();
@@ -323,17 +453,64 @@ export class MmioDriver implements VirtioTransportDriver {
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Queues.
+  // ---------------------------------------------------------------------------------------------
+  // Queues and interrupt routing.
 
   /**
-   * Sets up the requested queues (Linux `vm_find_vqs`): requests the wired line `irqLines[0]` with
-   * the interrupt handler, then programs each queue (Linux `vm_setup_vq`). All or nothing: on any
-   * failure every queue set up so far is disabled, its rings freed, the line freed, and the error
-   * rethrown.
+   * The interrupt mode chosen by the last {@link MmioDriver.setupQueues}, or `none` before it and
+   * after {@link MmioDriver.deleteQueues}.
+   */
+  get interruptMode(): InterruptMode | 'none' {
+    return this.mode ?? 'none';
+  }
+
+  /** The cascade steps the last setupQueues skipped or gave up, in cascade order (a copy). */
+  get interruptFallbacks(): InterruptFallback[] {
+    return this.fallbackLog.slice();
+  }
+
+  /** The CPU vectors this driver holds for MSI (a copy; empty unless an MSI mode is in use). */
+  get heldMsiVectors(): number[] {
+    return this.msiVectors.slice();
+  }
+
+  /** The wired lines this driver has handlers on (a copy). */
+  get heldIrqLines(): number[] {
+    return this.heldLines.slice();
+  }
+
+  /**
+   * Sets up the requested queues and their interrupt routing (Linux `vm_find_vqs`, extended with
+   * the seed's `vm_find_vqs_msi` and the 2014 RFC's `vm_try_to_find_vqs`). The cascade tries, in
+   * order and among the modes allowed by the `interrupts` option, stopping at the first that
+   * works:
+   *
+   * 1. `msi-per-queue`: seed profile, VIRTIO_F_MMIO_MSI negotiated, the platform has MSI, MsiState
+   *    sharing bit clear, MsiVecNum > highest queue index + 1 (fixed mapping: vector 0 = config,
+   *    vector N+1 = queue N); one CPU vector for config and one per queue with a callback.
+   * 2. `msi-shared`: as above, two CPU vectors (config, all queues). On a sharing device through
+   *    MAP_CONFIG / MAP_QUEUE; on a non-sharing device by programming the same message into every
+   *    used queue vector (MST's "program same vector in multiple VQs").
+   * 3. `lines-per-queue`: the machine description gives the standard line, a config line and one
+   *    line per queue (irqLines[0], [1], [2 + N]); the config line and the line of each queue with
+   *    a callback get handlers (docs/profiles/multi-line.md).
+   * 4. `lines-shared`: the standard line, a config line and one line for every queue.
+   * 5. `line`: the standard line irqLines[0] with InterruptStatus / InterruptACK.
+   *
+   * Queues without a callback get MSI NO_VECTOR (non-sharing: their fixed vector is masked) and no
+   * line. A step whose preconditions do not hold is skipped; a step whose routing fails on the way
+   * (vector allocation, a line missing or busy, MSI not enabled by the device) unwinds everything
+   * it set up (MSI disabled, handlers detached, vectors freed, lines freed, queues stopped and
+   * their rings freed) and the next is tried. What was skipped and why is in
+   * {@link MmioDriver.interruptFallbacks}. A failure of the queues themselves is not an interrupt
+   * problem: it unwinds and is thrown without trying other modes.
+   *
+   * With VIRTIO_F_MMIO_NOTIFICATION (seed) QueueNotify is read once here and each queue's
+   * notification address computed once: notify_base + notify_multiplier * index.
    * @throws VirtioError `INVALID_STATE` when queues are already set up
    * @throws VirtioError `INVALID_ARGUMENT` for a duplicate or invalid queue number or size
-   * @throws VirtioError `IRQ_INVALID_LINE` when the device has no interrupt line or the platform
-   *   refuses it
+   * @throws VirtioError `IRQ_INVALID_LINE` when no allowed interrupt mode works (the message lists
+   *   every step and why)
    * @throws VirtioError `DEVICE_NOT_FOUND` for a queue whose QueueNumMax reads 0
    * @throws VirtioError `DEVICE_FAILED` for a queue already live before setup, or one the device
    *   refuses to enable
@@ -341,7 +518,7 @@ export class MmioDriver implements VirtioTransportDriver {
    *   what QueuePFN can address)
    */
   setupQueues(requests: readonly QueueRequest[]): DriverQueue[] {
-    if (this.slots.length > 0 || this.irqLine >= 0) {
+    if (this.slots.length > 0 || this.mode !== null) {
       throw new VirtioError('INVALID_STATE', `${this.name}: queues are already set up`);
     }
     const seen = new Set<number>();
@@ -360,28 +537,300 @@ export class MmioDriver implements VirtioTransportDriver {
         );
       }
     }
-    const line = this.irqLines[0];
-    if (line === undefined) {
-      throw new VirtioError('IRQ_INVALID_LINE', `${this.name}: the device has no interrupt line`);
-    }
-    this.platform.requestIrq(line, this.interruptHandler);
-    this.irqLine = line;
-    try {
-      for (const r of requests) this.setupQueue(r);
-    } catch (e) {
-      // Unwind everything (Linux: vm_del_vqs on the error path of vm_find_vqs). A second failure
-      // while unwinding must not hide the first.
-      try {
-        this.releaseQueues();
-      } catch {
-        // The first error is the one to report.
+    const fallbacks: InterruptFallback[] = [];
+    this.fallbackLog = fallbacks;
+    this.readNotifyLayout();
+    let msi: MsiProbe | null = null;
+    const probeMsi = (): MsiProbe => {
+      msi ??= this.readMsiProbe();
+      return msi;
+    };
+    for (const mode of INTERRUPT_MODES) {
+      if (!this.allowed.has(mode)) {
+        fallbacks.push({ mode, reason: 'not allowed' });
+        continue;
       }
-      throw e;
+      const why = this.precheck(mode, requests, probeMsi);
+      if (why !== null) {
+        fallbacks.push({ mode, reason: why });
+        continue;
+      }
+      try {
+        this.setupWith(mode, requests, mode === 'msi-per-queue' || mode === 'msi-shared' ? probeMsi() : null);
+        this.mode = mode;
+        return this.slots.map((s) => s.queue as DriverQueue);
+      } catch (e) {
+        // Unwind everything (Linux: vm_del_vqs on the error path of vm_find_vqs). A second failure
+        // while unwinding must not hide the first.
+        try {
+          this.releaseQueues();
+        } catch {
+          // The first error is the one to report.
+        }
+        if (!(e instanceof RoutingFailure)) throw e;
+        fallbacks.push({ mode, reason: e.message });
+      }
     }
-    return this.slots.map((s) => s.queue as DriverQueue);
+    throw new VirtioError(
+      'IRQ_INVALID_LINE',
+      `${this.name}: no interrupt mode works (${fallbacks.map((f) => `${f.mode}: ${f.reason}`).join('; ')})`,
+    );
   }
 
-  /** Linux `vm_setup_vq`: one queue, its rings and its registers. */
+  /**
+   * Seed VIRTIO_F_MMIO_NOTIFICATION: reads QueueNotify once (notify_base in bits 0..15,
+   * notify_multiplier in 16..31) and keeps them for {@link MmioDriver.setupQueues}. A layout that cannot be a notification address (inside
+   * the register block other than QueueNotify itself, or misaligned: what a standard device's
+   * write-only QueueNotify reads as is 0) keeps QueueNotify for every queue and is noted.
+   */
+  private readNotifyLayout(): void {
+    this.notifyBase = MmioReg.QueueNotify;
+    this.notifyMultiplier = 0;
+    if (!this.seedNotification) return;
+    const v = this.access.read32(MmioReg.QueueNotify);
+    const base = v & 0xffff;
+    const multiplier = v >>> 16;
+    if ((base !== MmioReg.QueueNotify && base < MmioReg.Config) || base % 4 !== 0 || multiplier % 4 !== 0) {
+      return;
+    }
+    this.notifyBase = base;
+    this.notifyMultiplier = multiplier;
+  }
+
+  /**
+   * Reads MsiVecNum, and MsiState only when MsiVecNum is plausible: on a standard device 0x0c0 is
+   * QueueReset (0 or 1) and 0x0c4 is undefined, so a standard device that offered RING_RESET sees
+   * one legal read and nothing else.
+   */
+  private readMsiProbe(): MsiProbe {
+    const vectors = this.access.read32(SeedMmioReg.MsiVecNum) >>> 0;
+    if (vectors < 2) return { vectors, sharing: false };
+    const state = this.access.read32(SeedMmioReg.MsiState);
+    return { vectors, sharing: (state & MsiStateBit.SHARING) !== 0 };
+  }
+
+  /** Why `mode` cannot work for `requests` before anything is set up, or null when it may. */
+  private precheck(
+    mode: InterruptMode,
+    requests: readonly QueueRequest[],
+    msi: () => MsiProbe,
+  ): string | null {
+    let maxIndex = -1;
+    let maxCallbackIndex = -1;
+    for (const r of requests) {
+      maxIndex = Math.max(maxIndex, r.index);
+      if (r.callback !== null) maxCallbackIndex = Math.max(maxCallbackIndex, r.index);
+    }
+    switch (mode) {
+      case 'msi-per-queue':
+      case 'msi-shared': {
+        if (!this.seed) return 'seed profile not enabled';
+        if (!this.seedMsi) return 'virtio_f_mmio_msi not negotiated';
+        if (this.platform.msi === undefined) return 'the platform has no msi';
+        const p = msi();
+        // Seed 5/5: a sharing device "SHOULD support at least 2 MSI vectors"; a non-sharing one
+        // "a number of vectors that greater than the maximum number of virtqueues".
+        if (p.vectors < 2) return `device reports ${String(p.vectors)} msi vectors`;
+        if (mode === 'msi-per-queue' && p.sharing) return 'device uses msi sharing mode';
+        if (!p.sharing && p.vectors <= maxIndex + 1) {
+          return `msivecnum ${String(p.vectors)} has no vector for queue ${String(maxIndex)}`;
+        }
+        return null;
+      }
+      case 'lines-per-queue': {
+        const queueLines = this.irqLines.length - 2;
+        // A shared layout has exactly one queue line; per-queue lines are at least two (with one
+        // queue the two layouts are the same, and lines-shared handles it).
+        if (queueLines < 2) return `${String(this.irqLines.length)} interrupt lines, no per-queue lines`;
+        if (maxCallbackIndex >= queueLines) {
+          return `no interrupt line for queue ${String(maxCallbackIndex)} (${String(queueLines)} queue lines)`;
+        }
+        if (maxCallbackIndex >= MAX_QUEUE_INTERRUPT_BITS) {
+          return `queue ${String(maxCallbackIndex)} has no interruptstatus bit`;
+        }
+        return null;
+      }
+      case 'lines-shared':
+        if (this.irqLines.length !== 3) {
+          return `${String(this.irqLines.length)} interrupt lines, not a config and a shared queue line`;
+        }
+        return null;
+      case 'line':
+        return this.irqLines.length === 0 ? 'the device has no interrupt line' : null;
+    }
+  }
+
+  /** Sets up routing and queues for `mode`; throws {@link RoutingFailure} when routing fails. */
+  private setupWith(mode: InterruptMode, requests: readonly QueueRequest[], msi: MsiProbe | null): void {
+    switch (mode) {
+      case 'msi-per-queue':
+      case 'msi-shared':
+        this.setupMsi(mode === 'msi-per-queue', requests, msi as MsiProbe);
+        return;
+      case 'lines-per-queue':
+      case 'lines-shared': {
+        const perQueue = mode === 'lines-per-queue';
+        this.takeLine(this.irqLines[1], this.lineConfigHandler);
+        if (!perQueue && requests.some((r) => r.callback !== null)) {
+          this.takeLine(this.irqLines[2], this.lineSharedHandler);
+        }
+        for (const r of requests) {
+          this.setupQueue(r);
+          // The RFC requests each queue's line after setting the queue up.
+          if (perQueue && r.callback !== null)
+            this.takeLine(this.irqLines[2 + r.index], this.lineQueueHandler(r));
+        }
+        return;
+      }
+      case 'line':
+        this.takeLine(this.irqLines[0], this.interruptHandler);
+        for (const r of requests) this.setupQueue(r);
+        return;
+    }
+  }
+
+  /** Attaches `handler` to `line` (a refusal is a routing failure). */
+  private takeLine(line: number | undefined, handler: () => void): void {
+    if (line === undefined) throw new RoutingFailure('interrupt line missing');
+    try {
+      this.platform.requestIrq(line, handler);
+    } catch (e) {
+      if (e instanceof VirtioError) throw new RoutingFailure(`line ${String(line)}: ${e.message}`);
+      throw e;
+    }
+    this.heldLines.push(line);
+  }
+
+  /**
+   * Seed MSI (Linux seed `vm_find_vqs_msi` + `vm_request_msi_vectors`): allocates the CPU
+   * vectors, programs each device vector (MsiVecSel, MsiAddrLow/High, MsiData, CONFIGURE, UNMASK),
+   * maps config and queues in sharing mode, ENABLEs and reads MsiState back, then sets the queues up.
+   */
+  private setupMsi(perQueue: boolean, requests: readonly QueueRequest[], probe: MsiProbe): void {
+    const alloc = this.platform.msi as GuestMsiAllocator;
+    const a = this.access;
+    let withCallback = 0;
+    for (const r of requests) if (r.callback !== null) withCallback++;
+    const count = perQueue ? 1 + withCallback : withCallback > 0 ? 2 : 1;
+    const vectors = alloc.allocMsiVectors(count);
+    if (vectors === null || vectors.length !== count) {
+      if (vectors !== null) alloc.freeMsiVectors(vectors);
+      throw new RoutingFailure(`the platform could not allocate ${String(count)} msi vectors`);
+    }
+    this.msiVectors = vectors;
+    try {
+      this.programMsiVectors(perQueue, requests, probe, alloc, vectors, withCallback);
+    } catch (e) {
+      // The platform refused a handler or a message (Linux: request_irq failing half-way).
+      if (e instanceof VirtioError) throw new RoutingFailure(`msi vectors: ${e.message}`);
+      throw e;
+    }
+    // Seed mmio_msi_set_enable: ENABLE only when MsiState says disabled (ENABLE while enabled is a
+    // wrong-state command).
+    if ((a.read32(SeedMmioReg.MsiState) & MsiStateBit.ENABLED) === 0) {
+      a.write32(SeedMmioReg.MsiCommand, MsiCmd.ENABLE);
+    }
+    this.msiOn = true;
+    if ((a.read32(SeedMmioReg.MsiState) & MsiStateBit.ENABLED) === 0) {
+      this.msiOn = false;
+      throw new RoutingFailure('device did not enable msi');
+    }
+    for (const r of requests) {
+      this.setupQueue(r);
+      if (probe.sharing) {
+        // Seed vm_setup_vq: map the queue once it is set up (QueueSel still selects it).
+        a.write32(MmioReg.QueueSel, r.index);
+        this.msiCommand(r.callback === null ? MSI_NO_VECTOR : 1, MsiCmd.MAP_QUEUE);
+      }
+    }
+  }
+
+  /** Attaches the handlers to the CPU vectors and programs the device vectors they back. */
+  private programMsiVectors(
+    perQueue: boolean,
+    requests: readonly QueueRequest[],
+    probe: MsiProbe,
+    alloc: GuestMsiAllocator,
+    vectors: readonly number[],
+    withCallback: number,
+  ): void {
+    // Device vector 0: the configuration change event (fixed in non-sharing mode, mapped in sharing).
+    alloc.setMsiHandler(vectors[0], this.configEventHandler);
+    this.programMsiVector(0, alloc, vectors[0]);
+    if (probe.sharing) this.msiCommand(0, MsiCmd.MAP_CONFIG);
+    if (withCallback > 0 && !perQueue) alloc.setMsiHandler(vectors[1], this.vringHandler);
+    if (!probe.sharing) {
+      let next = 1;
+      for (const r of requests) {
+        const deviceVector = r.index + 1;
+        if (r.callback === null) {
+          // Non-sharing has no NO_VECTOR for a queue: its fixed vector is masked instead, so its
+          // events stay pending in the device and are never sent.
+          this.msiCommand(deviceVector, MsiCmd.MASK);
+          continue;
+        }
+        const cpuVector = perQueue ? vectors[next++] : vectors[1];
+        if (perQueue) alloc.setMsiHandler(cpuVector, this.msiQueueHandler(r));
+        this.programMsiVector(deviceVector, alloc, cpuVector);
+      }
+    } else if (withCallback > 0) {
+      this.programMsiVector(1, alloc, vectors[1]);
+    }
+  }
+
+  /** Latches the message of `cpuVector` into device vector `deviceVector` and unmasks it. */
+  private programMsiVector(deviceVector: number, alloc: GuestMsiAllocator, cpuVector: number): void {
+    const a = this.access;
+    const m = alloc.msiMessage(cpuVector);
+    a.write32(SeedMmioReg.MsiVecSel, deviceVector);
+    a.write32(SeedMmioReg.MsiAddrLow, m.addressLow);
+    a.write32(SeedMmioReg.MsiAddrHigh, m.addressHigh);
+    a.write32(SeedMmioReg.MsiData, m.data);
+    a.write32(SeedMmioReg.MsiCommand, MsiCmd.CONFIGURE);
+    // Linux unmasks at request_irq (irq startup); a reset device starts unmasked anyway.
+    a.write32(SeedMmioReg.MsiCommand, MsiCmd.UNMASK);
+  }
+
+  /** MsiVecSel = `vector`, MsiCommand = `cmd`. */
+  private msiCommand(vector: number, cmd: number): void {
+    this.access.write32(SeedMmioReg.MsiVecSel, vector);
+    this.access.write32(SeedMmioReg.MsiCommand, cmd);
+  }
+
+  /** The handler of a queue's own MSI vector: that queue's callback, no register access. */
+  private msiQueueHandler(r: QueueRequest): () => void {
+    const index = r.index;
+    const callback = r.callback as () => void;
+    return () => {
+      // Like vring_interrupt: nothing to do for a queue without used buffers (or a broken one).
+      if (this.byIndex.get(index)?.queue?.hasUsed() === true) callback();
+    };
+  }
+
+  /**
+   * The handler of a queue's own wired line (docs/profiles/multi-line.md): acknowledges the
+   * queue's InterruptStatus bit (2 + index) first, so an event after it raises the line again,
+   * then runs the callback. One register write, no read.
+   */
+  private lineQueueHandler(r: QueueRequest): () => void {
+    const index = r.index;
+    const callback = r.callback as () => void;
+    const bit = queueInterruptBit(index);
+    return () => {
+      this.access.write32(MmioReg.InterruptACK, bit);
+      if (this.byIndex.get(index)?.queue?.hasUsed() === true) callback();
+    };
+  }
+
+  /** Runs every queue with a callback and used buffers (Linux `vm_vring_interrupt`). */
+  private runQueues(): void {
+    const slots = this.slots;
+    for (let i = 0; i < slots.length; i++) {
+      const s = slots[i];
+      if (s.callback !== null && s.queue?.hasUsed() === true) s.callback();
+    }
+  }
+
   private setupQueue(r: QueueRequest): void {
     const a = this.access;
     const index = r.index;
@@ -409,6 +858,9 @@ export class MmioDriver implements VirtioTransportDriver {
       allocations: [],
       size,
       rings: null,
+      // Seed 2/5: queue N's notification address is notify_base + N * notify_multiplier, computed
+      // here once (Jason Wang: cache it rather than multiply on every kick).
+      notifyOffset: this.notifyBase + this.notifyMultiplier * index,
     };
     // Registered before anything can fail, so the unwind path finds every allocation.
     this.slots.push(slot);
@@ -498,11 +950,15 @@ export class MmioDriver implements VirtioTransportDriver {
   }
 
   /**
-   * Releases every queue and the interrupt line (Linux `vm_del_vqs`); the device should be reset
-   * first. Per queue: QueueReady = 0 (legacy QueuePFN = 0) and a read back that must give 0
+   * Releases every queue and the interrupt routing (Linux `vm_del_vqs` + the seed's
+   * `vm_free_irqs`); the device should be reset first. In order: MSI DISABLE when this driver
+   * enabled it and no reset happened since (seed: the driver "MUST disable MSI" when it gives up
+   * on it); per queue QueueReady = 0 (legacy QueuePFN = 0) and a read back that must give 0
    * (4.2.2.2: "To stop using the queue the driver MUST write zero (0x0) to this QueueReady and MUST
-   * read the value back to ensure synchronization"), outstanding buffers detached, rings freed.
-   * Everything is released even when the device misbehaves.
+   * read the value back to ensure synchronization"), outstanding buffers detached, rings freed;
+   * every wired line freed; every MSI vector freed with its handler; {@link
+   * MmioDriver.interruptMode} back to `none`. Everything is released even when the device
+   * misbehaves.
    * @throws VirtioError `DEVICE_FAILED` after releasing, when a queue still read as live
    */
   deleteQueues(): void {
@@ -513,6 +969,15 @@ export class MmioDriver implements VirtioTransportDriver {
   private releaseQueues(): void {
     const a = this.access;
     const stuck: number[] = [];
+    if (this.msiOn) {
+      // Seed: "If driver fails to setup any event with a vector, it MUST disable MSI"; first, so
+      // the device stops sending before the vectors go away. Only when MsiState still says enabled
+      // (a reset already disabled it, and DISABLE while disabled is a wrong-state command).
+      this.msiOn = false;
+      if ((a.read32(SeedMmioReg.MsiState) & MsiStateBit.ENABLED) !== 0) {
+        a.write32(SeedMmioReg.MsiCommand, MsiCmd.DISABLE);
+      }
+    }
     for (const slot of this.slots) {
       a.write32(MmioReg.QueueSel, slot.index);
       if (this.legacy) {
@@ -532,10 +997,14 @@ export class MmioDriver implements VirtioTransportDriver {
     }
     this.slots.length = 0;
     this.byIndex.clear();
-    if (this.irqLine >= 0) {
-      this.platform.freeIrq(this.irqLine);
-      this.irqLine = -1;
+    for (const line of this.heldLines) this.platform.freeIrq(line);
+    this.heldLines.length = 0;
+    if (this.msiVectors.length > 0) {
+      // Detaches the handlers too (Linux free_irq + platform_msi_domain_free_irqs).
+      this.platform.msi?.freeMsiVectors(this.msiVectors);
+      this.msiVectors = [];
     }
+    this.mode = null;
     if (stuck.length > 0) {
       throw new VirtioError(
         'DEVICE_FAILED',
@@ -613,11 +1082,11 @@ export class MmioDriver implements VirtioTransportDriver {
     const value = this.notificationData
       ? ((queue.index & 0xffff) | ((queue.availIndex & 0xffff) << 16)) >>> 0
       : queue.index;
-    this.access.write32(MmioReg.QueueNotify, value);
+    this.access.write32(slot.notifyOffset, value);
   }
 
   /**
-   * The interrupt handler (Linux `vm_interrupt`): reads InterruptStatus and acknowledges it, runs
+   * The handler of the single standard line, mode `line` (Linux `vm_interrupt`): reads InterruptStatus and acknowledges it, runs
    * the configuration change handler for bit 1, and for bit 0 every queue with used buffers
    * (4.2.3.4.1: "The used buffer notification bit being set SHOULD be interpreted as a used buffer
    * notification for each active virtqueue"). A status of 0 (a shared or stale interrupt) writes
@@ -706,8 +1175,8 @@ export class MmioDriver implements VirtioTransportDriver {
   }
 
   /**
-   * Teardown as a guest unbinding the device: reset, then release the queues and the line, even
-   * when the reset fails.
+   * Teardown as a guest unbinding the device: reset, then release the queues, lines and MSI
+   * vectors, even when the reset fails.
    * @throws VirtioError `DEVICE_FAILED` when the device did not reset or kept a queue live
    */
   teardown(): void {

@@ -7,8 +7,14 @@
  * ```
  * window: 0x000 .. 0x0ff  control registers, 32-bit aligned accesses only (4.2.2.2)
  *         0x100 .. 0x100 + configSize - 1  device configuration, 8/16/32-bit naturally aligned
+ *         notify_base + notify_multiplier * N  queue N's notification address (seed profile only)
  *         .. windowSize - 1  undescribed (guest error)
  * ```
+ *
+ * Interrupts go through an {@link InterruptDelivery}: the standard line, several wired lines
+ * (`lines`, docs/profiles/multi-line.md), or the seed profile's MSI over either
+ * (`seed.msi`, docs/profiles/seed-v2.md). The seed profile (`seed`) also adds register rows over
+ * the modern table and per-queue notification addresses past the configuration space.
  *
  * Ownership. The transport owns the selectors, the device status, ConfigGeneration, the staged and
  * committed queue configuration ({@link DeviceQueue}) and the interrupt status. The device owns its
@@ -34,7 +40,6 @@ import {
   DeviceStatus,
   FeatureBit,
   hex,
-  InterruptBit,
   LEGACY_DEFAULT_PAGE_SIZE,
   LEGACY_DEFAULT_QUEUE_ALIGN,
   MMIO_DEFAULT_WINDOW_SIZE,
@@ -43,21 +48,34 @@ import {
   MMIO_VERSION_MODERN,
   MmioLegacyReg,
   MmioReg,
+  SeedFeatureBit,
   STATUS_RESET,
   TRANSPORT_FEATURE_FIRST,
   TRANSPORT_FEATURE_LAST,
   VirtioError,
 } from '../spec/index.js';
 import { DeviceQueue, isPowerOfTwo, legacyLayout, type QueueError } from '../virtqueue/index.js';
-import { type InterruptDelivery, LineInterrupt } from './interrupts.js';
+import {
+  type InterruptDelivery,
+  LineInterrupt,
+  MultiLineInterrupt,
+  type MultiLineOptions,
+} from './interrupts.js';
 import { buildRegisterTable, type RegisterRow, type RegisterTable, registerRows } from './registers.js';
+import { MsiDelivery } from './seed/msiDelivery.js';
+import {
+  type NotifyLayout,
+  resolveNotifyLayout,
+  type SeedProfileOptions,
+  seedProfileRows,
+} from './seed/profile.js';
 import {
   findTransition,
   LEGACY_STATUS_TRANSITIONS,
   MODERN_STATUS_TRANSITIONS,
   type StatusTransition,
 } from './statusMachine.js';
-import type { AccessWidth, InterruptLine, MmioDevice } from './types.js';
+import type { AccessWidth, InterruptLine, MmioDevice, MsiSink } from './types.js';
 
 /** A shared memory region the device exposes through SHMSel / SHMLen / SHMBase (virtio 1.2, 2.10). */
 export interface ShmRegion {
@@ -108,6 +126,19 @@ export interface MmioTransportOptions {
   onGuestError?: (message: string) => void;
   /** Non-standard register profile layered over the standard table. */
   profile?: MmioTransportProfile;
+  /**
+   * The seed v2 profile (non-standard, modern only): VIRTIO_F_MMIO_MSI and/or
+   * VIRTIO_F_MMIO_NOTIFICATION. Off by default; never offered with RING_RESET or NOTIF_CONFIG_DATA
+   * (docs/profiles/seed-v2.md).
+   */
+  seed?: SeedProfileOptions;
+  /** Where MSI messages go; required with `seed.msi`, ignored otherwise. */
+  msiSink?: MsiSink;
+  /**
+   * Extra wired lines (the 2014 multi-IRQ RFC): a configuration line plus one line per queue or one
+   * for all queues. `irq` stays the standard (combined) line (docs/profiles/multi-line.md).
+   */
+  lines?: MultiLineOptions;
 }
 
 /** Every kind of guest error the transport counts. */
@@ -132,6 +163,8 @@ export const GUEST_ERROR_KINDS = [
   'config',
   /** Ring corruption reported by the device: the device now needs a reset (2.1.2). */
   'ring',
+  /** Seed profile: an Msi* register used before negotiation, or a command the device refuses. */
+  'msi',
 ] as const;
 
 /** A kind of guest error. */
@@ -148,9 +181,6 @@ const TWO_POW_32 = 2 ** 32;
 
 /** Largest window a transport accepts: 4 GiB, so every offset fits the `offset >>> 0` check. */
 const MAX_WINDOW_SIZE = 0x1_0000_0000;
-
-/** The InterruptStatus bits this transport defines (4.2.2). */
-const DEFINED_INTERRUPT_BITS = InterruptBit.VRING | InterruptBit.CONFIG;
 
 /** All ones: SHMLen / SHMBase of a region that does not exist (4.2.2). */
 const NO_SHM = 0xffff_ffff;
@@ -171,6 +201,15 @@ export class MmioTransport implements MmioDevice {
   readonly version: 1 | 2;
   /** VendorID register value. */
   readonly vendorId: number;
+  /** The seed profile's MSI state, or null when the device does not offer VIRTIO_F_MMIO_MSI. */
+  readonly msi: MsiDelivery | null;
+  /** The seed profile's per-queue notification layout, or null when not offered. */
+  readonly notifyLayout: NotifyLayout | null;
+
+  /** True when the seed v2 profile is on (MSI or per-queue notification): a non-standard device. */
+  get seedProfile(): boolean {
+    return this.msi !== null || this.notifyLayout !== null;
+  }
 
   private readonly device: VirtioDevice;
   private readonly mem: GuestMemory;
@@ -214,6 +253,11 @@ export class MmioTransport implements MmioDevice {
   /** SHMLenLow, SHMLenHigh, SHMBaseLow, SHMBaseHigh of each region, by ID. */
   private readonly shm: Map<number, Uint32Array>;
 
+  /** Window offsets of the per-queue notification addresses: [start, end); empty without the profile. */
+  private readonly notifyStart: number;
+  private readonly notifyEnd: number;
+  private readonly notifyMultiplier: number;
+
   /** Incremented at every reset: contexts of earlier activations become inert. */
   private epoch = 0;
   private errorTotal = 0;
@@ -246,7 +290,32 @@ export class MmioTransport implements MmioDevice {
     if (!Number.isSafeInteger(configSize) || configSize < 0) {
       throw new VirtioError('INVALID_ARGUMENT', `invalid config size ${String(configSize)}`);
     }
-    const windowSize = options.windowSize ?? MMIO_DEFAULT_WINDOW_SIZE;
+    const seed = options.seed;
+    const numQueues = device.queueMaxSizes.length;
+    if (seed !== undefined) {
+      if (this.legacy) throw new VirtioError('INVALID_ARGUMENT', 'the seed profile needs the modern layout');
+      if (seed.msi === undefined && seed.notification === undefined) {
+        throw new VirtioError('INVALID_ARGUMENT', 'the seed profile needs msi or notification');
+      }
+      if (options.ringReset === true) {
+        // docs/profiles/seed-v2.md: bit 40 is VIRTIO_F_MMIO_MSI here and VIRTIO_F_RING_RESET in the
+        // standard, and 0x0c0 is MsiVecNum here and QueueReset there: never offered together.
+        throw new VirtioError(
+          'INVALID_ARGUMENT',
+          'the seed profile cannot be offered with virtio_f_ring_reset',
+        );
+      }
+      if (seed.msi !== undefined && options.msiSink === undefined) {
+        throw new VirtioError('INVALID_ARGUMENT', 'the seed msi profile needs an msi sink');
+      }
+    }
+    const notify =
+      seed?.notification === undefined ? null : resolveNotifyLayout(seed.notification, configSize, numQueues);
+    this.notifyLayout = notify;
+    const minWindow =
+      notify === null ? MMIO_DEFAULT_WINDOW_SIZE : Math.max(MMIO_DEFAULT_WINDOW_SIZE, notify.end);
+    const windowSize =
+      options.windowSize ?? Math.ceil(minWindow / MMIO_DEFAULT_WINDOW_SIZE) * MMIO_DEFAULT_WINDOW_SIZE;
     if (!Number.isSafeInteger(windowSize) || windowSize <= 0 || windowSize > MAX_WINDOW_SIZE) {
       throw new VirtioError('INVALID_ARGUMENT', `invalid window size ${String(windowSize)}`);
     }
@@ -256,7 +325,16 @@ export class MmioTransport implements MmioDevice {
         `window size ${hex(windowSize)} cannot hold ${hex(MmioReg.Config)} + config size ${hex(configSize)}`,
       );
     }
+    if (notify !== null && windowSize < notify.end) {
+      throw new VirtioError(
+        'INVALID_ARGUMENT',
+        `window size ${hex(windowSize)} cannot hold the queue notification addresses up to ${hex(notify.end)}`,
+      );
+    }
     this.windowSize = windowSize;
+    this.notifyStart = notify === null ? windowSize : notify.base;
+    this.notifyEnd = notify === null ? windowSize : notify.end;
+    this.notifyMultiplier = notify === null ? 0 : notify.multiplier;
 
     // Transport bits belong to the transport (section 6): a device that sets one would offer a
     // mechanism the transport may not implement (RING_PACKED), or contradict an option.
@@ -273,7 +351,11 @@ export class MmioTransport implements MmioDevice {
     if (modern) transportBits.set(FeatureBit.VERSION_1);
     if (options.eventIdx ?? true) transportBits.set(FeatureBit.EVENT_IDX);
     if (options.indirectDesc ?? true) transportBits.set(FeatureBit.INDIRECT_DESC);
-    if (modern && (options.ringReset ?? true)) transportBits.set(FeatureBit.RING_RESET);
+    // The seed profile reuses bits 39 and 40: NOTIF_CONFIG_DATA (never offered by this transport)
+    // and RING_RESET are left out with it.
+    if (modern && seed === undefined && (options.ringReset ?? true)) transportBits.set(FeatureBit.RING_RESET);
+    if (seed?.notification !== undefined) transportBits.set(SeedFeatureBit.MMIO_NOTIFICATION);
+    if (seed?.msi !== undefined) transportBits.set(SeedFeatureBit.MMIO_MSI);
     if (modern && (options.notificationData ?? true)) transportBits.set(FeatureBit.NOTIFICATION_DATA);
     this.offered = device.features.or(transportBits);
 
@@ -304,15 +386,34 @@ export class MmioTransport implements MmioDevice {
 
     this.device = device;
     this.mem = options.mem;
-    this.interrupts = new LineInterrupt(options.irq);
     this.onGuestError = options.onGuestError;
+    const wired: InterruptDelivery =
+      options.lines === undefined
+        ? new LineInterrupt(options.irq)
+        : new MultiLineInterrupt(options.irq, options.lines, numQueues);
+    const sink = options.msiSink;
+    this.msi =
+      seed?.msi === undefined || sink === undefined
+        ? null
+        : new MsiDelivery(wired, sink, seed.msi, numQueues, (message) => this.guestError('msi', message));
+    this.interrupts = this.msi ?? wired;
     this.transitions = this.legacy ? LEGACY_STATUS_TRANSITIONS : MODERN_STATUS_TRANSITIONS;
     const base = this.legacy ? MmioTransport.LEGACY_TABLE : MmioTransport.MODERN_TABLE;
-    this.table =
-      options.profile === undefined ? base : buildRegisterTable(registerRows(base), options.profile.rows);
+    const layers: RegisterRow<MmioTransport>[][] = [];
+    if (seed === undefined) {
+      layers.push(registerRows(base));
+    } else {
+      // Seed profile: 0x0c0 is MsiVecNum (or undescribed without MSI), never QueueReset.
+      layers.push(registerRows(base).filter((row) => row.offset !== MmioReg.QueueReset));
+      const queueNotify = base[MmioReg.QueueNotify >>> 2];
+      if (queueNotify === undefined) throw new VirtioError('INVALID_ARGUMENT', 'no QueueNotify row');
+      layers.push(seedProfileRows(queueNotify, this.msi, notify));
+    }
+    if (options.profile !== undefined) layers.push([...options.profile.rows]);
+    this.table = layers.length === 1 ? base : buildRegisterTable(...layers);
 
     this.queues = device.queueMaxSizes.map((max) => new DeviceQueue(max));
-    const n = this.queues.length;
+    const n = numQueues;
     this.stagedNum = new Uint32Array(n);
     this.stagedAddr = new Uint32Array(6 * n);
     this.queueWasReset = new Uint8Array(n);
@@ -335,6 +436,11 @@ export class MmioTransport implements MmioDevice {
   read(offset: number, width: AccessWidth): number {
     if (offset >>> 0 !== offset || offset >= this.windowSize) {
       this.guestError('offset', `${String(width)}-byte read at ${String(offset)} outside the window`);
+      return 0;
+    }
+    if (offset >= this.notifyStart && offset < this.notifyEnd) {
+      // Seed: the queue notification addresses are written, never read.
+      this.guestError('direction', `read of queue notification address ${hex(offset)}`);
       return 0;
     }
     if (offset >= MmioReg.Config) return this.readConfig(offset - MmioReg.Config, width);
@@ -362,6 +468,10 @@ export class MmioTransport implements MmioDevice {
   write(offset: number, width: AccessWidth, value: number): void {
     if (offset >>> 0 !== offset || offset >= this.windowSize) {
       this.guestError('offset', `${String(width)}-byte write at ${String(offset)} outside the window`);
+      return;
+    }
+    if (offset >= this.notifyStart && offset < this.notifyEnd) {
+      this.writeNotifyAddress(offset - this.notifyStart, width, value);
       return;
     }
     if (offset >= MmioReg.Config) {
@@ -432,6 +542,14 @@ export class MmioTransport implements MmioDevice {
   /** True between DRIVER_OK and the next reset. */
   get isActivated(): boolean {
     return (this.deviceStatus & DeviceStatus.DRIVER_OK) !== 0;
+  }
+
+  /**
+   * True when feature `bit` is negotiated: modern, after FEATURES_OK and until reset; legacy, as
+   * written if offered. For profile rows (the seed registers are gated on it).
+   */
+  isNegotiated(bit: number): boolean {
+    return this.negotiated(bit);
   }
 
   /** Total guest errors since construction. */
@@ -1017,13 +1135,50 @@ export class MmioTransport implements MmioDevice {
     this.device.notify(index);
   }
 
+  /**
+   * Seed VIRTIO_F_MMIO_NOTIFICATION: a write at `rel` bytes past notify_base. With a multiplier, the
+   * address names the queue and any value notifies it (with VIRTIO_F_NOTIFICATION_DATA the value is
+   * the notification data and its vq_index must name the same queue); with multiplier 0 every queue
+   * shares one address and the value names the queue, as in QueueNotify.
+   */
+  private writeNotifyAddress(rel: number, width: AccessWidth, value: number): void {
+    if (width !== 4 || (rel & 3) !== 0) {
+      this.guestError('width', `${String(width)}-byte write at queue notification offset ${hex(rel)}`);
+      return;
+    }
+    if (!this.negotiated(SeedFeatureBit.MMIO_NOTIFICATION)) {
+      this.guestError('notify', 'queue notification address written without virtio_f_mmio_notification');
+      return;
+    }
+    const m = this.notifyMultiplier;
+    if (m === 0) {
+      this.writeQueueNotify(value);
+      return;
+    }
+    if (rel % m !== 0) {
+      this.guestError('offset', `write between queue notification addresses at offset ${hex(rel)}`);
+      return;
+    }
+    const index = rel / m;
+    if (this.notifyIndexMask === 0xffff && (value & 0xffff) !== index) {
+      // 4.2.3.3 with VIRTIO_F_NOTIFICATION_DATA: the value carries vq_index.
+      this.guestError(
+        'notify',
+        `notification data for queue ${String(value & 0xffff)} at queue ${String(index)}'s address`,
+      );
+      return;
+    }
+    this.writeQueueNotify(this.notifyIndexMask === 0xffff ? value : index);
+  }
+
   /** InterruptACK: clears the written bits; the line drops when none is left. */
   private writeInterruptAck(value: number): void {
-    if ((value & ~DEFINED_INTERRUPT_BITS) !== 0) {
+    const defined = this.interrupts.definedBits;
+    if ((value & ~defined) !== 0) {
       // 4.2.2.2: the driver "MUST NOT set any of the undefined bits in the value".
       this.guestError('interrupt', `InterruptACK of undefined bits ${hex(value)}`);
     }
-    this.interrupts.ack(value & DEFINED_INTERRUPT_BITS);
+    this.interrupts.ack((value & defined) >>> 0);
   }
 
   /** DeviceContext.notifyUsed of the live activation. */
