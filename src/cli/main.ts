@@ -6,6 +6,7 @@
  */
 
 import { Command } from 'commander';
+import { printQemuCheck } from '../peers/qemu/index.js';
 import { runBench } from './bench/index.js';
 import { runDemo } from './demo.js';
 
@@ -28,6 +29,26 @@ program
   .option('--quick', 'shorter runs (for CI)', false)
   .action((opts: { json: string; quick: boolean }) => {
     runBench({ jsonPath: opts.json, quick: opts.quick });
+  });
+
+const check = program
+  .command('check')
+  .description('conformance checks against reference peers nobody here wrote');
+
+check
+  .command('qemu')
+  .description("drive QEMU's virtio-mmio devices with our drivers (qtest) and compare register behaviour")
+  .option('--sequences <n>', 'generated register sequences per version', '200')
+  .option('--seed <n>', 'first seed of the generated sequences')
+  .action(async (opts: { sequences: string; seed?: string }) => {
+    const sequences = Number(opts.sequences);
+    if (!Number.isInteger(sequences) || sequences < 0) {
+      throw new Error(`--sequences must be a whole number, not ${opts.sequences}`);
+    }
+    process.exitCode = await printQemuCheck({
+      sequences,
+      seed: opts.seed === undefined ? undefined : Number(opts.seed),
+    });
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

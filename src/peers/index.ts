@@ -1,7 +1,6 @@
 /**
- * Reference peers: harnesses that put our code against implementations nobody here wrote (QEMU's
- * devices through qtest, a real Linux kernel in v86).
+ * Real peers: QEMU (qtest) drives-our-driver checks and differential register comparisons.
  *
  * @packageDocumentation
  */
-export {};
+export * from './qemu/index.js';
