@@ -35,5 +35,10 @@ describe('README examples', () => {
       const [isr, ack, eoi, n] = (l.match(/\d+/g) ?? []).map(Number);
       expect([isr, ack, eoi]).toEqual([n, n, n]);
     }
+    // The chosen interrupt mode is visible, with its counted cost.
+    expect(text).toMatch(/mode line +1 status read, 1 ack, 1 IO-APIC EOI = 3 trapped accesses/);
+    expect(text).toMatch(/mode lines-per-queue +0 status read, 1 ack, 1 IO-APIC EOI = 2 trapped accesses/);
+    expect(text).toMatch(/mode msi-per-queue +0 status read, 0 ack, 0 IO-APIC EOI = 0 trapped accesses/);
+    expect(text).toMatch(/mode msi-shared +0 status read, 0 ack, 0 IO-APIC EOI = 0 trapped accesses/);
   });
 });
