@@ -27,8 +27,8 @@ program
   .description('micro-benchmarks: register dispatch, chain processing, blk round trips (JSON + table)')
   .option('--json <file>', 'write results as JSON to this file', 'bench-results/micro.json')
   .option('--quick', 'shorter runs (for CI)', false)
-  .action((opts: { json: string; quick: boolean }) => {
-    runBench({ jsonPath: opts.json, quick: opts.quick });
+  .action(async (opts: { json: string; quick: boolean }) => {
+    await runBench({ jsonPath: opts.json, quick: opts.quick });
   });
 
 const check = program

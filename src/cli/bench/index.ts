@@ -11,6 +11,7 @@ import { dirname } from 'node:path';
 import { BlkDevice, BlkDriver, MemoryBlockBackend, RngDevice } from '../../device/index.js';
 import { Machine } from '../../platform/index.js';
 import { BLK_SECTOR_SIZE, DeviceStatus, MmioReg } from '../../spec/index.js';
+import { formatVmmBench, runVmmBench } from '../../vmm/index.js';
 import { type BenchResult, formatRate, type MeasureOptions, machineInfo, measure } from './harness.js';
 import { benchChains } from './queueBench.js';
 
@@ -80,7 +81,7 @@ function benchBlk(options: MeasureOptions): BenchResult {
 }
 
 /** Runs every micro-benchmark, prints the table and writes the JSON file. */
-export function runBench(options: BenchOptions): void {
+export async function runBench(options: BenchOptions): Promise<void> {
   const m: MeasureOptions = options.quick
     ? { runs: 3, minRunMs: 50, warmupMs: 50 }
     : { runs: 5, minRunMs: 300, warmupMs: 300 };
@@ -101,10 +102,15 @@ export function runBench(options: BenchOptions): void {
   run(benchRegisters(m));
   for (const segs of [1, 16]) for (const indirect of [false, true]) run(benchChains(segs, indirect, m));
   run(benchBlk(m));
+  console.log(
+    'threaded runtime (src/vmm): a trapped access, a posted doorbell, an injection, beside raw wake-ups',
+  );
+  const vmm = await runVmmBench({ quick: options.quick });
+  for (const line of formatVmmBench(vmm)) console.log(`  ${line}`);
   mkdirSync(dirname(options.jsonPath), { recursive: true });
   writeFileSync(
     options.jsonPath,
-    `${JSON.stringify({ machine: info, config: { quick: options.quick, ...m }, results }, null, 2)}\n`,
+    `${JSON.stringify({ machine: info, config: { quick: options.quick, ...m }, results, vmm }, null, 2)}\n`,
   );
   console.log(`results written to ${options.jsonPath}`);
 }
