@@ -7,6 +7,7 @@
 
 import { Command } from 'commander';
 import { printQemuCheck } from '../peers/qemu/index.js';
+import { printLinuxCheck } from '../peers/v86/index.js';
 import { runBench } from './bench/index.js';
 import { runDemo } from './demo.js';
 
@@ -49,6 +50,14 @@ check
       sequences,
       seed: opts.seed === undefined ? undefined : Number(opts.seed),
     });
+  });
+
+check
+  .command('linux')
+  .description('a real Linux kernel (Debian 12 i386 in v86) drives our rng and blk device models')
+  .option('--verbose', 'print the guest console', false)
+  .action(async (opts: { verbose: boolean }) => {
+    process.exitCode = await printLinuxCheck({ verbose: opts.verbose });
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {

@@ -4,3 +4,4 @@
  * @packageDocumentation
  */
 export * from './qemu/index.js';
+export * from './v86/index.js';
