@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { FileBlockBackend } from '../../backend/index.js';
 import { BlkDevice, type EntropySource, Features, RngDevice } from '../../device/index.js';
-import { BlkFeature, DeviceId, DeviceStatus, FeatureBit, hex } from '../../spec/index.js';
+import { BlkFeature, DeviceId, DeviceStatus, FeatureBit, hex, SeedFeatureBit } from '../../spec/index.js';
 import { MmioTransport } from '../../transport/index.js';
 import { guestPattern } from './initrd.js';
 import { findLinuxPrerequisites, LINUX_WINDOW_IRQS, LinuxGuest } from './linuxGuest.js';
@@ -253,6 +253,11 @@ interface Scenario {
   devices: readonly ('rng' | 'blk' | null)[];
   /** Request queues of the blk device (more than 1 offers VIRTIO_BLK_F_MQ). Default 1. */
   blkQueues?: number;
+  /**
+   * Place the devices with the seed v2 MSI profile (non-standard, issue 5): Linux knows nothing of
+   * it, so it must leave bits 39/40 alone and use the standard line. MSI messages are counted.
+   */
+  seed?: boolean;
   run(env: ScenarioEnv, placed: Placed[], v: Verdict): Promise<void>;
 }
 
@@ -267,6 +272,13 @@ function place(env: ScenarioEnv, scenario: Scenario, seq: number): Placed[] {
       irq: env.guest.irqs[slot],
       version: scenario.version,
       onGuestError: (m: string) => log.push(m),
+      ...(scenario.seed
+        ? {
+            seed: { msi: { vectors: 4, sharing: false } },
+            ringReset: false,
+            msiSink: { send: () => log.push('msi message sent although linux never enabled msi') },
+          }
+        : {}),
     };
     if (kind === 'rng') {
       const entropy = new RecordingEntropy(0x1234567 + seq);
@@ -593,6 +605,39 @@ const SCENARIOS: readonly Scenario[] = [
           'legacy blk write reached the host file',
         );
       }
+      checkIrqCounts(lines, by, v);
+    },
+  },
+  {
+    name: 'seed',
+    title:
+      'seed v2 MSI profile (non-standard): stock Linux ignores bits 39/40 and runs rng + blk on the line',
+    version: 2,
+    devices: ['rng', 'blk'],
+    seed: true,
+    async run(env, placed, v) {
+      const lines = await env.guest.run(
+        'ins virtio_mmio virtio-rng virtio_blk; waitblk vda; blkinfo vda; rngread 256; devs',
+        env.timeoutMs,
+      );
+      const by = checkDevices(lines, placed, v, 2);
+      for (const p of placed) {
+        const negotiated = p.transport.driverFeatures;
+        v.expect(
+          !negotiated.has(SeedFeatureBit.MMIO_MSI) && !negotiated.has(SeedFeatureBit.MMIO_NOTIFICATION),
+          `${p.kind}: linux left the seed bits 39/40 alone`,
+          negotiated.toString(),
+        );
+        v.expect(
+          p.transport.msi?.isEnabled === false,
+          `${p.kind}: msi never enabled`,
+          String(p.transport.msi?.isEnabled),
+        );
+      }
+      const blk = placed.find((p) => p.kind === 'blk');
+      const rng = placed.find((p) => p.kind === 'rng');
+      if (blk !== undefined) checkBlkRead(lines, blk, v);
+      if (rng !== undefined) checkRng(lines, rng, 256, v);
       checkIrqCounts(lines, by, v);
     },
   },
