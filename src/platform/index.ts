@@ -8,5 +8,6 @@
 export * from './bus.js';
 export * from './cpu.js';
 export * from './irq.js';
+export * from './lines.js';
 export * from './machine.js';
 export * from './msi.js';

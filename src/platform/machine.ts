@@ -35,6 +35,7 @@ import {
 import { MmioBus } from './bus.js';
 import { InProcessCpu, type InProcessCpuOptions } from './cpu.js';
 import { InterruptController } from './irq.js';
+import { allocateDeviceLines, type LineLayout } from './lines.js';
 import { MsiController } from './msi.js';
 
 /** Options of a {@link Machine}. */
@@ -56,9 +57,6 @@ export interface MachineOptions {
   /** Options of the guest CPU (MSI vector cap, no-MSI CPU, APIC id). */
   cpu?: InProcessCpuOptions;
 }
-
-/** How many wired lines a device gets (docs/profiles/multi-line.md). */
-export type LineLayout = 'single' | 'per-queue' | 'shared';
 
 /**
  * Options of {@link Machine.addDevice}: transport options minus what the machine supplies (RAM, the
@@ -161,28 +159,20 @@ export class Machine {
       throw new VirtioError('INVALID_ARGUMENT', `a device named ${name} already exists`);
     }
     const layout = options.lines ?? 'single';
-    const numQueues = device.queueMaxSizes.length;
-    let count: number;
-    if (layout === 'single') count = 1;
-    else if (layout === 'per-queue') count = 2 + numQueues;
-    else if (layout === 'shared') count = 3;
-    else throw new VirtioError('INVALID_ARGUMENT', `unknown line layout ${String(layout)}`);
     const line = this.nextLine;
-    const irqLines: number[] = [];
-    const handles: InterruptLine[] = [];
-    for (let i = 0; i < count; i++) {
-      handles.push(this.irq.line(line + i));
-      irqLines.push(line + i);
-    }
-    let lines: MultiLineOptions | undefined;
-    if (layout === 'per-queue') lines = { config: handles[1], queues: handles.slice(2) };
-    else if (layout === 'shared') lines = { config: handles[1], sharedQueues: handles[2] };
+    const { irqLines, standard, lines } = allocateDeviceLines(
+      this.irq,
+      line,
+      layout,
+      device.queueMaxSizes.length,
+    );
+    const count = irqLines.length;
     const { name: _ignored, lines: _layout, ...transportOptions } = options;
     const onGuestError = this.onGuestError;
     const transport = new MmioTransport(device, {
       ...transportOptions,
       mem: this.mem,
-      irq: handles[0],
+      irq: standard,
       lines,
       msiSink: options.seed?.msi === undefined ? undefined : this.msi,
       onGuestError: onGuestError === undefined ? undefined : (message) => onGuestError(name, message),

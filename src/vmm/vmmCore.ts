@@ -9,7 +9,13 @@
 
 import type { VirtioDevice } from '../device/index.js';
 import { RamMemory } from '../memory/index.js';
-import { InterruptController, type InterruptTarget, MmioBus } from '../platform/index.js';
+import {
+  allocateDeviceLines,
+  InterruptController,
+  type InterruptTarget,
+  type LineLayout,
+  MmioBus,
+} from '../platform/index.js';
 import { MsiController } from '../platform/msi.js';
 import { hex, MMIO_DEFAULT_WINDOW_SIZE, VirtioError } from '../spec/index.js';
 import {
@@ -45,7 +51,7 @@ export interface VmmDeviceOptions
    * Wired lines, as `Machine.addDevice`: 'single' (default), 'per-queue' (standard line, a
    * configuration line and one per queue) or 'shared' (standard, configuration, all queues).
    */
-  lines?: 'single' | 'per-queue' | 'shared';
+  lines?: LineLayout;
 }
 
 /**
@@ -193,26 +199,19 @@ export class VmmCore implements VmmHost {
       throw new VirtioError('INVALID_ARGUMENT', `a device named ${name} already exists`);
     }
     const layout = options.lines ?? 'single';
-    let count: number;
-    if (layout === 'single') count = 1;
-    else if (layout === 'per-queue') count = 2 + device.queueMaxSizes.length;
-    else if (layout === 'shared') count = 3;
-    else throw new VirtioError('INVALID_ARGUMENT', `unknown line layout ${String(layout)}`);
     const line = this.nextLine;
-    const irqLines: number[] = [];
-    const handles: InterruptLine[] = [];
-    for (let i = 0; i < count; i++) {
-      handles.push(this.irq.line(line + i));
-      irqLines.push(line + i);
-    }
-    let lines: MultiLineOptions | undefined;
-    if (layout === 'per-queue') lines = { config: handles[1], queues: handles.slice(2) };
-    else if (layout === 'shared') lines = { config: handles[1], sharedQueues: handles[2] };
+    const { irqLines, standard, lines } = allocateDeviceLines(
+      this.irq,
+      line,
+      layout,
+      device.queueMaxSizes.length,
+    );
+    const count = irqLines.length;
     const { name: _ignored, lines: _layout, ...rest } = options;
     const transport = new MmioTransport(device, {
       ...rest,
       mem: this.mem,
-      irq: handles[0],
+      irq: standard,
       lines,
       msiSink: options.seed?.msi === undefined ? undefined : this.msi,
       onGuestError: (message) => this.errorSink(`${name}: ${message}`),
