@@ -26,11 +26,9 @@ import { GuestAllocator, RamMemory } from '../memory/index.js';
 import { hex, MMIO_DEFAULT_WINDOW_SIZE, VirtioError } from '../spec/index.js';
 import {
   type DriverInterruptOptions,
-  type InterruptLine,
   MmioDriver,
   MmioTransport,
   type MmioTransportOptions,
-  type MultiLineOptions,
 } from '../transport/index.js';
 import { MmioBus } from './bus.js';
 import { InProcessCpu, type InProcessCpuOptions } from './cpu.js';

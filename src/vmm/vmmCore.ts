@@ -18,12 +18,7 @@ import {
 } from '../platform/index.js';
 import { MsiController } from '../platform/msi.js';
 import { hex, MMIO_DEFAULT_WINDOW_SIZE, VirtioError } from '../spec/index.js';
-import {
-  type InterruptLine,
-  MmioTransport,
-  type MmioTransportOptions,
-  type MultiLineOptions,
-} from '../transport/index.js';
+import { MmioTransport, type MmioTransportOptions } from '../transport/index.js';
 import {
   ExitOp,
   ExitState,
