@@ -4,5 +4,8 @@
  *
  * @packageDocumentation
  */
+
+export * from './consoleStreams.js';
 export * from './fileBlockBackend.js';
 export * from './nodeEntropy.js';
+export * from './udpNet.js';

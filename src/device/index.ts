@@ -6,8 +6,10 @@
  */
 
 export * from './blk/index.js';
+export * from './console/index.js';
 export * from './driverApi.js';
 export * from './features.js';
+export * from './net/index.js';
 export * from './rng/index.js';
 export * from './serveQueue.js';
 export * from './virtioDevice.js';

@@ -131,3 +131,264 @@ export const BlkConfig = {
   /** Size of the configuration structure up to and including write_zeroes_may_unmap, padded. */
   size: 60,
 } as const;
+
+// ---------------------------------------------------------------------------------------------
+// virtio-console (5.3).
+
+/** virtio-console feature bits (5.3.3). */
+export const ConsoleFeature = {
+  /** Configuration `cols` and `rows` are valid. */
+  SIZE: 0,
+  /** Device has support for multiple ports; `max_nr_ports` is valid and control virtqueues are used. */
+  MULTIPORT: 1,
+  /** Device has support for emergency write; configuration field `emerg_wr` is valid. */
+  EMERG_WRITE: 2,
+} as const;
+
+/** Offsets of virtio-console configuration fields (5.3.4 `struct virtio_console_config`). */
+export const ConsoleConfig = {
+  /** le16 cols (SIZE). */
+  cols: 0,
+  /** le16 rows (SIZE). */
+  rows: 2,
+  /** le32 max_nr_ports (MULTIPORT). */
+  maxNrPorts: 4,
+  /** le32 emerg_wr (EMERG_WRITE): the driver writes a character, the device emits its lower byte. */
+  emergWr: 8,
+  /** Size of the configuration structure. */
+  size: 12,
+} as const;
+
+/** Queue numbers of virtio-console (5.3.2): port 0, the control pair, then a pair per further port. */
+export const ConsoleQueue = {
+  /** receiveq(port0): device to driver data of port 0. */
+  RECEIVEQ0: 0,
+  /** transmitq(port0): driver to device data of port 0. */
+  TRANSMITQ0: 1,
+  /** control receiveq (c_ivq): device to driver control messages (MULTIPORT). */
+  CONTROL_RECEIVEQ: 2,
+  /** control transmitq (c_ovq): driver to device control messages (MULTIPORT). */
+  CONTROL_TRANSMITQ: 3,
+  /** receiveq(port1); port `n >= 1` uses `2 + 2 * n` (receive) and `3 + 2 * n` (transmit). */
+  RECEIVEQ1: 4,
+} as const;
+
+/** Values of `event` in `struct virtio_console_control` (5.3.6.2). */
+export const ConsoleControlEvent = {
+  /** Driver: ready to receive control messages (value 1 success, 0 failure; id unused). */
+  DEVICE_READY: 0,
+  /** Device: create port `id` (Linux calls it VIRTIO_CONSOLE_PORT_ADD). */
+  DEVICE_ADD: 1,
+  /** Device: remove port `id` (Linux VIRTIO_CONSOLE_PORT_REMOVE). */
+  DEVICE_REMOVE: 2,
+  /** Driver: port `id` is ready (value 1 success, 0 failure). */
+  PORT_READY: 3,
+  /** Device: nominate port `id` as a console port. */
+  CONSOLE_PORT: 4,
+  /** Device: console size change, followed by `struct virtio_console_resize` (le16 cols, le16 rows). */
+  RESIZE: 5,
+  /** Both: port `id` opened (value 1) or closed (value 0). */
+  PORT_OPEN: 6,
+  /** Device: tag of port `id`, followed by its UTF-8 name without a NUL terminator. */
+  PORT_NAME: 7,
+} as const;
+
+/** Size of `struct virtio_console_control`: le32 id, le16 event, le16 value (5.3.6.2). */
+export const CONSOLE_CONTROL_SIZE = 8;
+
+/** Size of `struct virtio_console_resize` following a RESIZE control message: le16 cols, le16 rows. */
+export const CONSOLE_RESIZE_SIZE = 4;
+
+/** Port id the driver puts in messages without a port (Linux VIRTIO_CONSOLE_BAD_ID, ~0). */
+export const CONSOLE_BAD_ID = 0xffff_ffff;
+
+// -------------------------------------------------------------------------------------------------
+// virtio-net (5.1)
+
+/** virtio-net feature bits (5.1.3). */
+export const NetFeature = {
+  /** Device handles packets with partial checksum (checksum offload). */
+  CSUM: 0,
+  /** Driver handles packets with partial checksum. */
+  GUEST_CSUM: 1,
+  /** Control channel offloads reconfiguration support. */
+  CTRL_GUEST_OFFLOADS: 2,
+  /** Device maximum MTU reporting: `mtu` is valid. */
+  MTU: 3,
+  /** Device has given MAC address: `mac` is valid. */
+  MAC: 5,
+  /** Driver can receive TSOv4. */
+  GUEST_TSO4: 7,
+  /** Driver can receive TSOv6. */
+  GUEST_TSO6: 8,
+  /** Driver can receive TSO with ECN. */
+  GUEST_ECN: 9,
+  /** Driver can receive UFO. */
+  GUEST_UFO: 10,
+  /** Device can receive TSOv4. */
+  HOST_TSO4: 11,
+  /** Device can receive TSOv6. */
+  HOST_TSO6: 12,
+  /** Device can receive TSO with ECN. */
+  HOST_ECN: 13,
+  /** Device can receive UFO. */
+  HOST_UFO: 14,
+  /** Driver can merge receive buffers: `num_buffers` in the header is valid. */
+  MRG_RXBUF: 15,
+  /** Configuration status field is available. */
+  STATUS: 16,
+  /** Control channel is available. */
+  CTRL_VQ: 17,
+  /** Control channel RX mode support. */
+  CTRL_RX: 18,
+  /** Control channel VLAN filtering. */
+  CTRL_VLAN: 19,
+  /** Driver can send gratuitous packets. */
+  GUEST_ANNOUNCE: 21,
+  /** Device supports multiqueue with automatic receive steering: `max_virtqueue_pairs` is valid. */
+  MQ: 22,
+  /** Set MAC address through the control channel. */
+  CTRL_MAC_ADDR: 23,
+  /** Device reports `speed` and `duplex`. */
+  SPEED_DUPLEX: 63,
+} as const;
+
+/** Bits of the virtio-net `status` configuration field (5.1.4). */
+export const NetStatus = {
+  /** The link is up. */
+  LINK_UP: 1,
+  /** The driver should send a gratuitous announcement (GUEST_ANNOUNCE). */
+  ANNOUNCE: 2,
+} as const;
+
+/** Offsets of virtio-net configuration fields (5.1.4 `struct virtio_net_config`). */
+export const NetConfig = {
+  /** u8 mac[6] (MAC). */
+  mac: 0,
+  /** le16 status (STATUS). */
+  status: 6,
+  /** le16 max_virtqueue_pairs (MQ). */
+  maxVirtqueuePairs: 8,
+  /** le16 mtu (MTU). */
+  mtu: 10,
+  /** le32 speed in Mbit/s, 0xffffffff unknown (SPEED_DUPLEX). */
+  speed: 12,
+  /** u8 duplex: 0 half, 1 full, 0xff unknown (SPEED_DUPLEX). */
+  duplex: 16,
+  /** u8 rss_max_key_size (RSS, HASH_REPORT). */
+  rssMaxKeySize: 17,
+  /** le16 rss_max_indirection_table_length (RSS). */
+  rssMaxIndirectionTableLength: 18,
+  /** le32 supported_hash_types (RSS, HASH_REPORT). */
+  supportedHashTypes: 20,
+  /** Size of the structure up to and including supported_hash_types. */
+  size: 24,
+} as const;
+
+/** Bytes of the MAC address. */
+export const NET_MAC_BYTES = 6;
+
+/**
+ * Offsets in `struct virtio_net_hdr` (5.1.6): u8 flags, u8 gso_type, le16 hdr_len, le16 gso_size,
+ * le16 csum_start, le16 csum_offset, le16 num_buffers.
+ */
+export const NetHdr = {
+  /** u8 flags (VIRTIO_NET_HDR_F_*). */
+  flags: 0,
+  /** u8 gso_type (VIRTIO_NET_HDR_GSO_*). */
+  gsoType: 1,
+  /** le16 hdr_len. */
+  hdrLen: 2,
+  /** le16 gso_size. */
+  gsoSize: 4,
+  /** le16 csum_start. */
+  csumStart: 6,
+  /** le16 csum_offset. */
+  csumOffset: 8,
+  /** le16 num_buffers: valid with VERSION_1 or MRG_RXBUF. */
+  numBuffers: 10,
+} as const;
+
+/** Header size with VIRTIO_F_VERSION_1 or VIRTIO_NET_F_MRG_RXBUF (5.1.6.1). */
+export const NET_HDR_SIZE = 12;
+
+/** Header size of a legacy device without VIRTIO_NET_F_MRG_RXBUF (no num_buffers). */
+export const NET_HDR_SIZE_LEGACY = 10;
+
+/** `flags` bits of the header (5.1.6). */
+export const NetHdrFlag = {
+  /** The packet needs a checksum computed (CSUM). */
+  NEEDS_CSUM: 1,
+  /** The checksum is already validated (GUEST_CSUM). */
+  DATA_VALID: 2,
+  /** RSC information in the header (RSC_EXT). */
+  RSC_INFO: 4,
+} as const;
+
+/** `gso_type` values of the header (5.1.6). */
+export const NetGso = {
+  /** No segmentation. */
+  NONE: 0,
+  /** TCPv4 segmentation. */
+  TCPV4: 1,
+  /** UDP fragmentation. */
+  UDP: 3,
+  /** TCPv6 segmentation. */
+  TCPV6: 4,
+  /** UDP segmentation (USO). */
+  UDP_L4: 5,
+  /** ECN bit, or-ed with a type. */
+  ECN: 0x80,
+} as const;
+
+/** Control queue classes (5.1.6.5). */
+export const NetCtrlClass = {
+  /** Receive filtering (CTRL_RX). */
+  RX: 0,
+  /** MAC address filtering (CTRL_RX, CTRL_MAC_ADDR). */
+  MAC: 1,
+  /** VLAN filtering (CTRL_VLAN). */
+  VLAN: 2,
+  /** Gratuitous packet acknowledgement (GUEST_ANNOUNCE). */
+  ANNOUNCE: 3,
+  /** Multiqueue (MQ, RSS, HASH_REPORT). */
+  MQ: 4,
+  /** Offload state (CTRL_GUEST_OFFLOADS). */
+  GUEST_OFFLOADS: 5,
+} as const;
+
+/** Commands of the VIRTIO_NET_CTRL_MQ class (5.1.6.5.5). */
+export const NetCtrlMq = {
+  /** le16 virtqueue_pairs: how many queue pairs the device uses. */
+  VQ_PAIRS_SET: 0,
+  /** RSS configuration (RSS). */
+  RSS_CONFIG: 1,
+  /** Hash reporting configuration (HASH_REPORT). */
+  HASH_CONFIG: 2,
+} as const;
+
+/** Smallest `virtqueue_pairs` (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MIN). */
+export const NET_CTRL_MQ_VQ_PAIRS_MIN = 1;
+
+/** Largest `virtqueue_pairs` and `max_virtqueue_pairs` (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX). */
+export const NET_CTRL_MQ_VQ_PAIRS_MAX = 0x8000;
+
+/** The `ack` byte of a control command (5.1.6.5). */
+export const NetCtrlAck = {
+  /** Command succeeded. */
+  OK: 0,
+  /** Command failed or is unknown. */
+  ERR: 1,
+} as const;
+
+/** Bounds of the `mtu` field (5.1.4.1: "between 68 and 65535 inclusive"). */
+export const NET_MIN_MTU = 68;
+
+/** Largest `mtu`. */
+export const NET_MAX_MTU = 65535;
+
+/** Ethernet header bytes (destination, source, ethertype). */
+export const ETH_HLEN = 14;
+
+/** Bytes of one 802.1Q tag, allowed on top of the MTU (as Linux's receive buffer sizing). */
+export const VLAN_HLEN = 4;
