@@ -1,0 +1,377 @@
+/**
+ * A host-side peer in TypeScript on the far end of a {@link NetBackend}: a tiny IPv4 host with a MAC
+ * and an address that
+ *
+ * - answers ARP requests for its address (and learns senders' addresses),
+ * - answers ICMP echo requests (ping), and can ping,
+ * - runs a request/response server over UDP (netperf UDP_RR / TCP_RR style): a request of any size
+ *   to {@link HostPeerOptions.rrPort} is answered with `rrResponseSize` bytes whose first bytes echo
+ *   the request's first 8 (the transaction id), so a client measures round trips of fixed sizes
+ *   such as 32/1024,
+ * - runs a bulk receiver (iperf UDP style) on {@link HostPeerOptions.sinkPort}: datagrams carrying a
+ *   big-endian u32 sequence number first are counted, with losses, reordering and duplicates,
+ * - and sends bulk datagrams in the same format ({@link HostPeer.bulkSend}).
+ *
+ * Frames the peer does not understand are counted and ignored.
+ *
+ * @packageDocumentation
+ */
+
+import { VirtioError } from '../../spec/index.js';
+import type { NetBackend } from './backend.js';
+import {
+  ArpOp,
+  buildArp,
+  buildEth,
+  buildIcmpEchoFrame,
+  buildUdpFrame,
+  EtherType,
+  IcmpType,
+  IpProto,
+  macEquals,
+  parseArp,
+  parseEth,
+  parseIcmpEcho,
+  parseIpv4,
+  parseIpv4Address,
+  parseMac,
+  parseUdp,
+} from './packet.js';
+
+/** Options of a {@link HostPeer}. */
+export interface HostPeerOptions {
+  /** The peer's side of the segment. */
+  backend: NetBackend;
+  /** IPv4 address (dotted quad or number). */
+  ip: string | number;
+  /** MAC address. Default 02:00:00:00:00:fe. */
+  mac?: Uint8Array | string;
+  /** UDP port of the request/response server. Default {@link HOST_PEER_RR_PORT}. */
+  rrPort?: number;
+  /** Bytes of each response. Default 1024. */
+  rrResponseSize?: number;
+  /** UDP port of the bulk receiver. Default {@link HOST_PEER_SINK_PORT}. */
+  sinkPort?: number;
+}
+
+/** Default port of the request/response server (netperf's data port). */
+export const HOST_PEER_RR_PORT = 12866;
+/** Default port of the bulk receiver (iperf's). */
+export const HOST_PEER_SINK_PORT = 5001;
+
+/** Counters of a {@link HostPeer}. */
+export interface HostPeerCounters {
+  /** Frames received. */
+  frames: number;
+  /** ARP requests for our address answered. */
+  arpReplies: number;
+  /** ICMP echo requests answered. */
+  echoReplies: number;
+  /** ICMP echo replies received (answers to {@link HostPeer.ping}). */
+  echoRepliesReceived: number;
+  /** Request/response transactions answered. */
+  rrTransactions: number;
+  /** Bulk datagrams received. */
+  sinkDatagrams: number;
+  /** Bulk payload bytes received. */
+  sinkBytes: number;
+  /** Bulk sequence numbers skipped (lost, or reordered until they arrive). */
+  sinkLost: number;
+  /** Bulk datagrams that arrived after a later one. */
+  sinkOutOfOrder: number;
+  /** Bulk datagrams whose sequence number was already seen. */
+  sinkDuplicates: number;
+  /** Frames sent. */
+  sent: number;
+  /** Frames not for us, or not understood, or malformed (bad checksum, short). */
+  ignored: number;
+}
+
+/** A received ICMP echo reply. */
+export interface EchoReply {
+  /** Sender address. */
+  readonly from: number;
+  /** Identifier. */
+  readonly id: number;
+  /** Sequence number. */
+  readonly seq: number;
+  /** Data bytes. */
+  readonly data: Uint8Array;
+}
+
+/** The host-side peer. */
+export class HostPeer {
+  /** MAC address. */
+  readonly mac: Uint8Array;
+  /** IPv4 address. */
+  readonly ip: number;
+  /** Port of the request/response server. */
+  readonly rrPort: number;
+  /** Bytes of each response. */
+  readonly rrResponseSize: number;
+  /** Port of the bulk receiver. */
+  readonly sinkPort: number;
+  /** Counters. */
+  readonly counters: HostPeerCounters = {
+    frames: 0,
+    arpReplies: 0,
+    echoReplies: 0,
+    echoRepliesReceived: 0,
+    rrTransactions: 0,
+    sinkDatagrams: 0,
+    sinkBytes: 0,
+    sinkLost: 0,
+    sinkOutOfOrder: 0,
+    sinkDuplicates: 0,
+    sent: 0,
+    ignored: 0,
+  };
+  /** Echo replies received, oldest first (take them with {@link HostPeer.takeEchoReplies}). */
+  private echoes: EchoReply[] = [];
+  /** IPv4 address to MAC, learned from ARP and IPv4 frames. */
+  private readonly arp = new Map<number, Uint8Array>();
+  private readonly backend: NetBackend;
+  /** Next expected bulk sequence number, and the sequence numbers seen (for duplicates). */
+  private sinkNext = 0;
+  private readonly sinkSeen = new Set<number>();
+  private ipId = 0;
+
+  /** @throws VirtioError `INVALID_ARGUMENT` for a bad address, port or size */
+  constructor(options: HostPeerOptions) {
+    this.backend = options.backend;
+    this.ip = typeof options.ip === 'number' ? options.ip >>> 0 : parseIpv4Address(options.ip);
+    const mac = options.mac ?? '02:00:00:00:00:fe';
+    this.mac = typeof mac === 'string' ? parseMac(mac) : mac.slice(0, 6);
+    this.rrPort = checkPort(options.rrPort ?? HOST_PEER_RR_PORT);
+    this.sinkPort = checkPort(options.sinkPort ?? HOST_PEER_SINK_PORT);
+    this.rrResponseSize = options.rrResponseSize ?? 1024;
+    if (!Number.isInteger(this.rrResponseSize) || this.rrResponseSize < 8 || this.rrResponseSize > 1472) {
+      throw new VirtioError(
+        'INVALID_ARGUMENT',
+        `rr response size ${String(this.rrResponseSize)} not in 8..1472`,
+      );
+    }
+    this.backend.onReceive((frame) => this.handle(frame));
+  }
+
+  /** The MAC learned for `ip`, or undefined. */
+  macOf(ip: number): Uint8Array | undefined {
+    return this.arp.get(ip >>> 0);
+  }
+
+  /** Handles one frame from the segment. */
+  handle(frame: Uint8Array): void {
+    this.counters.frames++;
+    const eth = parseEth(frame);
+    if (eth === null) {
+      this.counters.ignored++;
+      return;
+    }
+    const forUs = macEquals(eth.dst, this.mac) || eth.dst.every((b) => b === 0xff);
+    if (!forUs) {
+      this.counters.ignored++;
+      return;
+    }
+    if (eth.type === EtherType.ARP) this.handleArp(eth.payload);
+    else if (eth.type === EtherType.IPV4) this.handleIpv4(eth.src, eth.payload);
+    else this.counters.ignored++;
+  }
+
+  private handleArp(payload: Uint8Array): void {
+    const a = parseArp(payload);
+    if (a === null) {
+      this.counters.ignored++;
+      return;
+    }
+    if (a.senderIp !== 0) this.arp.set(a.senderIp, a.senderMac);
+    if (a.op !== ArpOp.REQUEST || a.targetIp !== this.ip) {
+      if (a.op !== ArpOp.REPLY) this.counters.ignored++;
+      return;
+    }
+    this.counters.arpReplies++;
+    this.emit(
+      buildEth(
+        a.senderMac,
+        this.mac,
+        EtherType.ARP,
+        buildArp({
+          op: ArpOp.REPLY,
+          senderMac: this.mac,
+          senderIp: this.ip,
+          targetMac: a.senderMac,
+          targetIp: a.senderIp,
+        }),
+      ),
+    );
+  }
+
+  private handleIpv4(srcMac: Uint8Array, payload: Uint8Array): void {
+    const ip = parseIpv4(payload);
+    if (ip === null || ip.dst !== this.ip) {
+      this.counters.ignored++;
+      return;
+    }
+    this.arp.set(ip.src, srcMac.slice());
+    if (ip.proto === IpProto.ICMP) {
+      const e = parseIcmpEcho(ip.payload);
+      if (e === null) {
+        this.counters.ignored++;
+        return;
+      }
+      if (e.type === IcmpType.ECHO_REPLY) {
+        this.counters.echoRepliesReceived++;
+        this.echoes.push({ from: ip.src, id: e.id, seq: e.seq, data: e.data.slice() });
+        return;
+      }
+      this.counters.echoReplies++;
+      this.emit(
+        buildIcmpEchoFrame(
+          srcMac,
+          this.mac,
+          { src: this.ip, dst: ip.src, id: this.nextId() },
+          { type: IcmpType.ECHO_REPLY, id: e.id, seq: e.seq, data: e.data },
+        ),
+      );
+      return;
+    }
+    if (ip.proto !== IpProto.UDP) {
+      this.counters.ignored++;
+      return;
+    }
+    const u = parseUdp(ip.src, ip.dst, ip.payload);
+    if (u === null) {
+      this.counters.ignored++;
+      return;
+    }
+    if (u.dstPort === this.rrPort) {
+      const resp = new Uint8Array(this.rrResponseSize);
+      resp.set(u.data.subarray(0, 8));
+      this.counters.rrTransactions++;
+      this.emit(
+        buildUdpFrame(
+          srcMac,
+          this.mac,
+          { src: this.ip, dst: ip.src, id: this.nextId() },
+          { srcPort: this.rrPort, dstPort: u.srcPort, data: resp },
+        ),
+      );
+    } else if (u.dstPort === this.sinkPort && u.data.length >= 4) {
+      this.sinkReceive(u.data);
+    } else {
+      this.counters.ignored++;
+    }
+  }
+
+  /** Bulk receiver accounting (iperf UDP style). */
+  private sinkReceive(data: Uint8Array): void {
+    const c = this.counters;
+    const seq = ((data[0] << 24) | (data[1] << 16) | (data[2] << 8) | data[3]) >>> 0;
+    if (this.sinkSeen.has(seq)) {
+      c.sinkDuplicates++;
+      return;
+    }
+    this.sinkSeen.add(seq);
+    c.sinkDatagrams++;
+    c.sinkBytes += data.length;
+    if (seq === this.sinkNext) this.sinkNext++;
+    else if (seq > this.sinkNext) {
+      c.sinkLost += seq - this.sinkNext;
+      this.sinkNext = seq + 1;
+    } else {
+      c.sinkOutOfOrder++;
+      c.sinkLost--;
+    }
+  }
+
+  private nextId(): number {
+    this.ipId = (this.ipId + 1) & 0xffff;
+    return this.ipId;
+  }
+
+  private emit(frame: Uint8Array): void {
+    this.counters.sent++;
+    this.backend.send(frame);
+  }
+
+  /**
+   * Sends a UDP datagram to `dstIp` (whose MAC must have been learned). Returns false when it is not.
+   * @throws VirtioError `INVALID_ARGUMENT` for a bad port or a payload over 1472 bytes
+   */
+  sendUdp(dstIp: number, srcPort: number, dstPort: number, data: Uint8Array): boolean {
+    checkPort(srcPort);
+    checkPort(dstPort);
+    if (data.length > 1472) throw new VirtioError('INVALID_ARGUMENT', `udp payload of ${data.length} bytes`);
+    const mac = this.arp.get(dstIp >>> 0);
+    if (mac === undefined) return false;
+    this.emit(
+      buildUdpFrame(
+        mac,
+        this.mac,
+        { src: this.ip, dst: dstIp, id: this.nextId() },
+        { srcPort, dstPort, data },
+      ),
+    );
+    return true;
+  }
+
+  /**
+   * Bulk sender: `count` datagrams of `size` payload bytes (at least 4: the big-endian sequence
+   * number, from `firstSeq`) to `dstIp:dstPort`. Returns the number sent (0 when the MAC is unknown).
+   */
+  bulkSend(dstIp: number, dstPort: number, count: number, size: number, firstSeq = 0): number {
+    if (!Number.isInteger(size) || size < 4 || size > 1472) {
+      throw new VirtioError('INVALID_ARGUMENT', `bulk datagram size ${String(size)} not in 4..1472`);
+    }
+    const data = new Uint8Array(size);
+    let sent = 0;
+    for (let i = 0; i < count; i++) {
+      const seq = (firstSeq + i) >>> 0;
+      data[0] = seq >>> 24;
+      data[1] = (seq >>> 16) & 0xff;
+      data[2] = (seq >>> 8) & 0xff;
+      data[3] = seq & 0xff;
+      if (!this.sendUdp(dstIp, this.sinkPort, dstPort, data)) break;
+      sent++;
+    }
+    return sent;
+  }
+
+  /** Sends an ICMP echo request to `dstIp` (whose MAC must be known); false when it is not. */
+  ping(dstIp: number, id: number, seq: number, data: Uint8Array = new Uint8Array(56)): boolean {
+    const mac = this.arp.get(dstIp >>> 0);
+    if (mac === undefined) return false;
+    this.emit(
+      buildIcmpEchoFrame(
+        mac,
+        this.mac,
+        { src: this.ip, dst: dstIp, id: this.nextId() },
+        {
+          type: IcmpType.ECHO_REQUEST,
+          id,
+          seq,
+          data,
+        },
+      ),
+    );
+    return true;
+  }
+
+  /** Returns and forgets the echo replies received. */
+  takeEchoReplies(): EchoReply[] {
+    const out = this.echoes;
+    this.echoes = [];
+    return out;
+  }
+
+  /** Closes the backend. */
+  close(): void {
+    this.backend.close();
+  }
+}
+
+function checkPort(port: number): number {
+  if (!Number.isInteger(port) || port < 1 || port > 0xffff) {
+    throw new VirtioError('INVALID_ARGUMENT', `udp port ${String(port)} not in 1..65535`);
+  }
+  return port;
+}
