@@ -6,6 +6,7 @@
  */
 
 export * from './blk/index.js';
+export * from './configSpace.js';
 export * from './console/index.js';
 export * from './driverApi.js';
 export * from './features.js';

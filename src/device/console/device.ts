@@ -49,6 +49,7 @@ import {
   isPowerOfTwo,
   MAX_INDIRECT_DESCRIPTORS,
 } from '../../virtqueue/index.js';
+import { readConfigLe } from '../configSpace.js';
 import { Features } from '../features.js';
 import { MAX_PASSES_PER_NOTIFY, ServeOutcome, serveQueue } from '../serveQueue.js';
 import type { DeviceContext, DeviceHost, VirtioDevice } from '../virtioDevice.js';
@@ -428,10 +429,7 @@ export class ConsoleDevice implements VirtioDevice {
 
   /** Reads configuration space; `emerg_wr` reads as 0. */
   readConfig(offset: number, width: 1 | 2 | 4): number {
-    const c = this.configView;
-    if (width === 1) return c.getUint8(offset);
-    if (width === 2) return c.getUint16(offset, true);
-    return c.getUint32(offset, true);
+    return readConfigLe(this.configView, this.configView.byteLength, offset, width);
   }
 
   /**

@@ -56,6 +56,7 @@ import {
   VLAN_HLEN,
 } from '../../spec/index.js';
 import { DescriptorChain, isPowerOfTwo, MAX_INDIRECT_DESCRIPTORS } from '../../virtqueue/index.js';
+import { readConfigLe } from '../configSpace.js';
 import { Features } from '../features.js';
 import { ServeOutcome, serveQueue } from '../serveQueue.js';
 import type { DeviceContext, DeviceHost, VirtioDevice } from '../virtioDevice.js';
@@ -407,11 +408,7 @@ export class NetDevice implements VirtioDevice {
 
   /** Little-endian read of the configuration bytes; outside them reads 0. */
   readConfig(offset: number, width: 1 | 2 | 4): number {
-    if (!Number.isInteger(offset) || offset < 0 || offset + width > NetConfig.size) return 0;
-    const c = this.configView;
-    if (width === 1) return c.getUint8(offset);
-    if (width === 2) return c.getUint16(offset, true);
-    return c.getUint32(offset, true);
+    return readConfigLe(this.configView, NetConfig.size, offset, width);
   }
 
   /**
