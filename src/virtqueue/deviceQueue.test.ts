@@ -1068,3 +1068,21 @@ describe('tier 3: addUsed host errors', () => {
     expect(f.ring.usedIdx).toBe(1);
   });
 });
+
+describe('2.7.8 grouped used elements', () => {
+  it('publishes a group of used elements with one used.idx update', () => {
+    const mem = new RamMemory(new ArrayBuffer(0x10000));
+    const ring = RingWriter.at(mem, 8, 0x1000);
+    const q = new DeviceQueue(8);
+    ring.configure(q, {});
+    q.addUsed(mem, 0, 10, false);
+    q.addUsed(mem, 1, 20, false);
+    expect(ring.usedIdx).toBe(0);
+    q.addUsed(mem, 2, 30);
+    expect(ring.usedIdx).toBe(3);
+    q.addUsed(mem, 3, 40, false);
+    q.publishUsed(mem);
+    expect(ring.usedIdx).toBe(4);
+    expect(ring.getUsedElem(1)).toEqual({ id: 1, len: 20 });
+  });
+});

@@ -453,13 +453,16 @@ export class DeviceQueue {
   }
 
   /**
-   * Puts a used element `{ id: head, len }` in the used ring and publishes it by advancing used.idx
-   * (2.7.8). `len` is the number of bytes written into the chain's writable part.
+   * Puts a used element `{ id: head, len }` in the used ring and, unless `publish` is false,
+   * publishes it by advancing used.idx (2.7.8). `len` is the number of bytes written into the
+   * chain's writable part. Pass `publish = false` for all but the last element of a group the
+   * driver must see at once (a merged receive buffer, 5.1.6.4), then call
+   * {@link DeviceQueue.publishUsed}: a driver on another CPU never sees half of the group.
    * @throws VirtioError `INVALID_ARGUMENT` for a head outside the queue or a `len` that is not a
    *   32-bit unsigned integer (device bugs)
    * @throws VirtioError `QUEUE_NOT_READY` when the queue is not live
    */
-  addUsed(mem: GuestMemory, head: number, len: number): void {
+  addUsed(mem: GuestMemory, head: number, len: number, publish = true): void {
     if (!this.ready) throw new VirtioError('QUEUE_NOT_READY', 'add_used on a queue that is not ready');
     if (!Number.isInteger(head) || head < 0 || head >= this.size) {
       throw new VirtioError(
@@ -476,7 +479,12 @@ export class DeviceQueue {
     mem.write32(e, head);
     mem.write32(e + 4, len);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
-    mem.write16(this.usedRing + USED_IDX, this.nextUsed);
+    if (publish) mem.write16(this.usedRing + USED_IDX, this.nextUsed);
+  }
+
+  /** Publishes every used element added so far: used.idx = the device's next used index (2.7.8). */
+  publishUsed(mem: GuestMemory): void {
+    if (this.ready) mem.write16(this.usedRing + USED_IDX, this.nextUsed);
   }
 
   /**

@@ -736,7 +736,8 @@ export class NetDevice implements VirtioDevice {
       r.first = (r.first + 1) % r.bufs.length;
       r.count--;
       r.bytes -= b.bytes;
-      q.addUsed(mem, b.head, pos);
+      // 5.1.6.4: the buffers of one merged frame become visible to the driver together.
+      q.addUsed(mem, b.head, pos, k === nbufs - 1);
     }
     c.rxFrames++;
     c.rxBytes += frame.length;
