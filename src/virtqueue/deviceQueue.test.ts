@@ -1041,11 +1041,12 @@ describe('tier 2: malformed rings stop the queue with a recorded reason, never a
 });
 
 describe('tier 3: addUsed host errors', () => {
-  it('throws QUEUE_NOT_READY on a queue that is not ready', () => {
+  it('drops the element on a queue the driver disabled, without throwing (a guest action)', () => {
     const f = setup();
     f.q.ready = false;
-    expectVirtioError(() => f.q.addUsed(f.mem, 0, 0), 'QUEUE_NOT_READY');
+    expect(f.q.addUsed(f.mem, 0, 0)).toBe(false);
     expect(f.ring.usedIdx).toBe(0);
+    expect(f.q.nextUsed).toBe(0);
   });
 
   it('throws INVALID_ARGUMENT for a head outside the queue', () => {

@@ -460,10 +460,14 @@ export class DeviceQueue {
    * {@link DeviceQueue.publishUsed}: a driver on another CPU never sees half of the group.
    * @throws VirtioError `INVALID_ARGUMENT` for a head outside the queue or a `len` that is not a
    *   32-bit unsigned integer (device bugs)
-   * @throws VirtioError `QUEUE_NOT_READY` when the queue is not live
+   *
+   * On a queue that is not live the element is dropped and false is returned: the driver may
+   * disable a queue (QueueReady = 0) or reset it while the device still holds buffers from it, and
+   * that guest action must not become an exception in the device (the buffers were the driver's to
+   * take back).
    */
-  addUsed(mem: GuestMemory, head: number, len: number, publish = true): void {
-    if (!this.ready) throw new VirtioError('QUEUE_NOT_READY', 'add_used on a queue that is not ready');
+  addUsed(mem: GuestMemory, head: number, len: number, publish = true): boolean {
+    if (!this.ready) return false;
     if (!Number.isInteger(head) || head < 0 || head >= this.size) {
       throw new VirtioError(
         'INVALID_ARGUMENT',
@@ -480,6 +484,7 @@ export class DeviceQueue {
     mem.write32(e + 4, len);
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
     if (publish) mem.write16(this.usedRing + USED_IDX, this.nextUsed);
+    return true;
   }
 
   /** Publishes every used element added so far: used.idx = the device's next used index (2.7.8). */

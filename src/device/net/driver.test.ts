@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Machine } from '../../platform/index.js';
-import { NetCtrlAck, NetCtrlClass, NetCtrlMq, NetFeature, VirtioError } from '../../spec/index.js';
+import { MmioReg, NetCtrlAck, NetCtrlClass, NetCtrlMq, NetFeature, VirtioError } from '../../spec/index.js';
 import { MemoryBlockBackend } from '../blk/backend.js';
 import { BlkDevice } from '../blk/device.js';
 import { createNetLink, type NetBackend, type NetLink } from './backend.js';
@@ -478,5 +478,17 @@ describe('NetDriver with the host peer', () => {
       'INVALID_ARGUMENT',
     );
     expectError(() => new HostPeer({ backend: createNetLink().a, ip: '10.0.0.300' }), 'INVALID_ARGUMENT');
+  });
+});
+
+describe('hostile guest: rx queue disabled behind the driver', () => {
+  it('a frame arriving after QueueReady=0 on the rx queue is dropped, not an exception', () => {
+    const { link, a, b } = pair();
+    // The guest turns rx queue 0 of machine b off behind its driver's back (legal register write).
+    b.m.bus.write(b.m.slot('net0').base + MmioReg.QueueSel, 4, 0);
+    b.m.bus.write(b.m.slot('net0').base + MmioReg.QueueReady, 4, 0);
+    a.drv.send(seqFrame(new Uint8Array([0x52, 0x54, 0, 0, 0, 0x0b]), new Uint8Array(6), 1));
+    expect(() => settle(link, a.drv)).not.toThrow();
+    expect(b.drv.stats.rxFrames).toBe(0);
   });
 });
