@@ -9,6 +9,7 @@ import { Command } from 'commander';
 import { printQemuCheck } from '../peers/qemu/index.js';
 import { printLinuxCheck } from '../peers/v86/index.js';
 import { runBench } from './bench/index.js';
+import { openConsoleBackend, runConsoleEcho } from './console.js';
 import { runDemo } from './demo.js';
 
 const program = new Command();
@@ -30,6 +31,19 @@ program
   .option('--quick', 'shorter runs (for CI)', false)
   .action(async (opts: { json: string; quick: boolean }) => {
     await runBench({ jsonPath: opts.json, quick: opts.quick });
+  });
+
+program
+  .command('console')
+  .description(
+    'a virtio-console on stdio, a file or a socket, with a guest that echoes lines back upper-cased',
+  )
+  .option('--backend <spec>', 'stdio | file:OUT[,in=IN] | tcp:PORT (listens on 127.0.0.1)', 'stdio')
+  .action(async (opts: { backend: string }) => {
+    const backend = await openConsoleBackend(opts.backend);
+    const { done } = runConsoleEcho(backend, (line) => console.error(line));
+    const { echoed } = await done;
+    console.error(`guest echoed ${echoed} lines`);
   });
 
 const check = program
