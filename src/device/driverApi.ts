@@ -180,3 +180,22 @@ export function removeDevice(t: VirtioTransportDriver, release: () => void): voi
     }
   }
 }
+
+/**
+ * Gives up on a device after a failed probe (3.1.1: "the driver SHOULD set the FAILED status
+ * bit"): marks it FAILED, releases the queues, then runs `release` for the driver's buffers. Never
+ * throws, so the error that made the driver give up is the one its caller sees.
+ */
+export function abandonDevice(t: VirtioTransportDriver, release: () => void): void {
+  try {
+    failDevice(t);
+  } catch {
+    // The device is being given up on; the original error is the one to report.
+  }
+  try {
+    t.deleteQueues();
+  } catch {
+    // Same: keep the original error.
+  }
+  release();
+}

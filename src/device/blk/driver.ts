@@ -38,6 +38,7 @@ import {
 } from '../../spec/index.js';
 import type { DriverQueue, Segment } from '../../virtqueue/index.js';
 import {
+  abandonDevice,
   beginInit,
   failDevice,
   finishInit,
@@ -400,20 +401,10 @@ export class BlkDriver {
 
   /** Undoes a failed probe. Never throws. */
   private abort(): void {
-    try {
-      failDevice(this.transport);
-    } catch {
-      // Keep the original error.
-    }
-    if (this.queues.length > 0) {
-      try {
-        this.transport.deleteQueues();
-      } catch {
-        // Keep the original error.
-      }
+    abandonDevice(this.transport, () => {
       this.queues = [];
-    }
-    this.releaseSlots();
+      this.releaseSlots();
+    });
   }
 
   /** Most data segments per request (seg_max, capped by the queue without indirect descriptors). */

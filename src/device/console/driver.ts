@@ -24,6 +24,7 @@ import {
 } from '../../spec/index.js';
 import type { DriverQueue } from '../../virtqueue/index.js';
 import {
+  abandonDevice,
   beginInit,
   failDevice,
   finishInit,
@@ -263,17 +264,7 @@ export class ConsoleDriver {
 
   /** Undoes a failed probe: FAILED status, queues and buffers released. Never throws. */
   private abort(): void {
-    try {
-      failDevice(this.transport);
-    } catch {
-      // Keep the original error.
-    }
-    try {
-      this.transport.deleteQueues();
-    } catch {
-      // Same.
-    }
-    this.releaseBuffers();
+    abandonDevice(this.transport, () => this.releaseBuffers());
   }
 
   private releaseBuffers(): void {

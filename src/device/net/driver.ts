@@ -44,6 +44,7 @@ import {
 } from '../../spec/index.js';
 import type { DriverQueue } from '../../virtqueue/index.js';
 import {
+  abandonDevice,
   beginInit,
   failDevice,
   finishInit,
@@ -336,17 +337,7 @@ export class NetDriver {
 
   /** Undoes a failed probe. Never throws. */
   private abort(): void {
-    try {
-      failDevice(this.transport);
-    } catch {
-      // Keep the original error.
-    }
-    try {
-      this.transport.deleteQueues();
-    } catch {
-      // Keep the original error.
-    }
-    this.release();
+    abandonDevice(this.transport, () => this.release());
   }
 
   private release(): void {

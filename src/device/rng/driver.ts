@@ -10,6 +10,7 @@
 import { DeviceId, DeviceStatus, FeatureBit, VirtioError } from '../../spec/index.js';
 import type { DriverQueue } from '../../virtqueue/index.js';
 import {
+  abandonDevice,
   beginInit,
   failDevice,
   finishInit,
@@ -102,20 +103,10 @@ export class RngDriver {
 
   /** Undoes a failed probe: FAILED status, queues and buffer released. Never throws. */
   private abort(): void {
-    try {
-      failDevice(this.transport);
-    } catch {
-      // The device is being given up on; the original error is the one to report.
-    }
-    if (this.queue !== null) {
-      try {
-        this.transport.deleteQueues();
-      } catch {
-        // Same: keep the original error.
-      }
+    abandonDevice(this.transport, () => {
       this.queue = null;
-    }
-    this.releaseBuffer();
+      this.releaseBuffer();
+    });
   }
 
   private releaseBuffer(): void {
