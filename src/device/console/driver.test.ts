@@ -289,7 +289,8 @@ describe('ConsoleDriver multiport', () => {
     inject.queueControl(0, 99, 0, null); // unknown event
     inject.queueControl(0, ConsoleControlEvent.RESIZE, 0, Uint8Array.from([1, 0])); // short resize
     inject.queueControl(0, ConsoleControlEvent.DEVICE_ADD, 0, null); // port that exists: refused
-    inject.queueControl(2, ConsoleControlEvent.PORT_NAME, 1, Uint8Array.from([0x68, 0x76, 0x63])); // rename
+    // A rename with a trailing NUL, as QEMU sends it (5.3.6.2 says no terminator): cut at the NUL.
+    inject.queueControl(2, ConsoleControlEvent.PORT_NAME, 1, Uint8Array.from([0x68, 0x76, 0x63, 0]));
     inject.queueControl(2, ConsoleControlEvent.PORT_OPEN, 0, null); // host closed port 2
     inject.queueControl(1, ConsoleControlEvent.DEVICE_REMOVE, 0, null);
     inject.flushControl();

@@ -648,9 +648,14 @@ export class ConsoleDriver {
       case ConsoleControlEvent.PORT_OPEN:
         p.hostOpen = value === 1;
         return;
-      case ConsoleControlEvent.PORT_NAME:
-        p.name = utf8Decode(msg.subarray(CONSOLE_CONTROL_SIZE));
+      case ConsoleControlEvent.PORT_NAME: {
+        // 5.3.6.2: the name is not NUL-terminated, but QEMU sends a NUL: stop at the first one, as
+        // Linux does.
+        const raw = msg.subarray(CONSOLE_CONTROL_SIZE);
+        const nul = raw.indexOf(0);
+        p.name = utf8Decode(nul >= 0 ? raw.subarray(0, nul) : raw);
         return;
+      }
       default:
         this.deviceErrors++;
     }
