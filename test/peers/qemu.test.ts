@@ -21,9 +21,11 @@ import {
   Prng,
   printQemuCheck,
   probeDepartures,
+  QEMU_CONSOLE_PORT_NAME,
   QEMU_DEPARTURES,
   QemuMicrovm,
   qemuAvailability,
+  qemuConsoleScenarios,
   qemuScenarios,
   type Report,
   runQemuCheck,
@@ -377,7 +379,9 @@ describe.skipIf(!availability.available)('qemu: differential register behaviour'
     const text = lines.join('\n');
     expect(code, text).toBe(0);
     expect(text).toMatch(/^PASS v2 probe rng\/blk\/net \(/m);
-    expect(text).toMatch(/result: PASS: 21 passed, 0 failed/);
+    // 13 driver scenarios + 4 console scenarios + 8 differential results.
+    expect(text).toMatch(/result: PASS: 25 passed, 0 failed/);
+    expect(text).toMatch(/^PASS v2 console multiport both ways \(/m);
   });
 
   it('differential results feed the report', async () => {
@@ -385,4 +389,46 @@ describe.skipIf(!availability.available)('qemu: differential register behaviour'
     expect(results.map((r) => r.ok)).toEqual([true, true, true, true]);
     expect(results[2].detail).toMatch(/accesses and \d+ rng requests compared \(seeds 1\.\.3\)/);
   });
+});
+
+describe.skipIf(!availability.available)('qemu: our console driver against virtio-serial-device', () => {
+  for (const s of qemuConsoleScenarios()) {
+    it(s.name, async () => {
+      const r = await runScenario(s);
+      expect(r.ok, r.detail).toBe(true);
+    }, 60_000);
+  }
+
+  it('gives the console chardev only to machines with a console, and refuses two consoles', async () => {
+    await expect(
+      QemuMicrovm.start({ version: 2, devices: [{ kind: 'console' }, { kind: 'console' }] }),
+    ).rejects.toThrow(/two console devices/);
+    const vm = await QemuMicrovm.start({ version: 2, devices: [{ kind: 'rng' }] });
+    try {
+      expect(vm.console).toBeNull();
+      expect(vm.serialPort).toBeNull();
+      expect(() => vm.window('console')).toThrow(/no console device/);
+    } finally {
+      await vm.close();
+    }
+  }, 60_000);
+
+  it('reads nothing while the guest wrote nothing, and a closed channel refuses use', async () => {
+    const vm = await QemuMicrovm.start({
+      version: 2,
+      devices: [{ kind: 'console', name: QEMU_CONSOLE_PORT_NAME }],
+    });
+    const ch = vm.console;
+    try {
+      expect(ch).not.toBeNull();
+      expect(vm.serialPort).toBeNull();
+      expect(ch?.readAvailable().length).toBe(0);
+      expect(ch?.readAtLeast(1, 50).length).toBe(0);
+      expect(vm.window('console').base).toBeGreaterThanOrEqual(MICROVM_VIRTIO_MMIO_BASE);
+    } finally {
+      await vm.close();
+    }
+    expect(() => ch?.readAvailable()).toThrow(/channel closed/);
+    expect(() => ch?.write(Uint8Array.of(1))).toThrow(/channel closed/);
+  }, 60_000);
 });

@@ -1,10 +1,11 @@
 /**
- * `virtio-mmio check qemu`: runs every QEMU peer check (part 2 scenarios, part 3 differential
- * comparison and departure probes) and builds a readable conformance report.
+ * `virtio-mmio check qemu`: runs every QEMU peer check (part 2 scenarios and the console scenarios,
+ * part 3 differential comparison and departure probes) and builds a readable conformance report.
  *
  * @packageDocumentation
  */
 
+import { qemuConsoleScenarios } from './consoleScenarios.js';
 import {
   type Comparison,
   compareGeneratedRng,
@@ -186,7 +187,7 @@ export async function runQemuCheck(options: QemuCheckOptions = {}): Promise<Repo
   const sequences = options.sequences ?? QEMU_GENERATED_SEQUENCES;
   const seed = options.seed ?? QEMU_GENERATED_SEED;
   const drivers: ReportSection = { title: 'our drivers drive QEMU devices (qtest)', results: [] };
-  for (const s of qemuScenarios()) {
+  for (const s of [...qemuScenarios(), ...qemuConsoleScenarios()]) {
     const r = await runScenario(s);
     drivers.results.push(r);
     options.onResult?.(drivers.title, r);

@@ -7,6 +7,8 @@
  */
 export * from './adapters.js';
 export * from './check.js';
+export * from './consoleChannel.js';
+export * from './consoleScenarios.js';
 export * from './differential.js';
 export * from './qemuProcess.js';
 export * from './qmp.js';

@@ -17,6 +17,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { DeviceId, hex, MMIO_MAGIC_VALUE, MmioReg, VirtioError } from '../../spec/index.js';
+import { QemuConsoleChannel } from './consoleChannel.js';
 import { QmpClient } from './qmp.js';
 import { QtestClient } from './qtest.js';
 import { SyncPipe } from './syncPipe.js';
@@ -39,7 +40,16 @@ export const QEMU_MICROVM_BINARY = 'qemu-system-x86_64-microvm';
 export type QemuDeviceSpec =
   | { readonly kind: 'rng' }
   | { readonly kind: 'blk' /** Size of the backing file in bytes (default 1 MiB). */; readonly size?: number }
-  | { readonly kind: 'net' };
+  | { readonly kind: 'net' }
+  | {
+      readonly kind: 'console';
+      /** `max_ports` of virtio-serial-device (QEMU default 31; 1 means no MULTIPORT offered). */
+      readonly maxPorts?: number;
+      /** Name of the `virtconsole` port (sent with PORT_NAME), default none. */
+      readonly name?: string;
+      /** Also a generic `virtserialport` (port 1) with this name, on a second pipe chardev. */
+      readonly serialPort?: string;
+    };
 
 /** Options of {@link QemuMicrovm.start}. */
 export interface QemuMicrovmOptions {
@@ -70,7 +80,14 @@ const KIND_IDS: Record<QemuDeviceSpec['kind'], number> = {
   rng: DeviceId.ENTROPY,
   blk: DeviceId.BLOCK,
   net: DeviceId.NET,
+  console: DeviceId.CONSOLE,
 };
+
+/** Id of the chardev behind the `virtconsole` port. */
+export const QEMU_CONSOLE_CHARDEV = 'con0';
+
+/** Id of the chardev behind the generic `virtserialport`. */
+export const QEMU_SERIAL_PORT_CHARDEV = 'port1';
 
 /** Id QMP uses for the net device in `set_link`. */
 export const QEMU_NET_ID = 'net0';
@@ -171,9 +188,13 @@ export class QemuMicrovm {
   readonly diskPath: string | null;
   /** Windows found by the scan, by kind. */
   readonly windows: ReadonlyMap<QemuDeviceSpec['kind'], QemuWindow>;
+  /** The host end of the console port's chardev, when a console device was asked for. */
+  readonly console: QemuConsoleChannel | null;
+  /** The host end of the generic port's chardev, when the console was asked with `serialPort`. */
+  readonly serialPort: QemuConsoleChannel | null;
   private readonly child: ChildProcess;
   private readonly dir: string;
-  private readonly pipes: SyncPipe[];
+  private readonly pipes: { close(): void }[];
   private readonly exited: Promise<void>;
   private closed = false;
 
@@ -186,11 +207,15 @@ export class QemuMicrovm {
     qmp: QmpClient,
     options: QemuMicrovmOptions,
     diskPath: string | null,
+    channels: readonly QemuConsoleChannel[],
   ) {
     this.child = child;
+    this.console = channels[0] ?? null;
+    this.serialPort = channels[1] ?? null;
     this.exited = exited;
     this.dir = dir;
     this.pipes = [qtestPipe, qmpPipe];
+    this.pipes.push(...channels);
     this.qtest = new QtestClient(qtestPipe, options.requestTimeoutMs);
     this.qmp = qmp;
     this.version = options.version;
@@ -233,6 +258,8 @@ export class QemuMicrovm {
       `virtio-mmio.force-legacy=${options.version === 1 ? 'true' : 'false'}`,
     ];
     let diskPath: string | null = null;
+    /** Chardev FIFO paths of the console port, then of the generic port. */
+    const channelPaths: string[] = [];
     const kinds = new Set<string>();
     for (const d of options.devices) {
       if (kinds.has(d.kind)) throw new VirtioError('INVALID_ARGUMENT', `two ${d.kind} devices`);
@@ -247,6 +274,30 @@ export class QemuMicrovm {
           '-device',
           'virtio-blk-device,drive=d0',
         );
+      } else if (d.kind === 'console') {
+        // virtio-serial with one console port (port 0) on a pipe chardev the test reads and writes.
+        const consolePath = join(dir, 'console');
+        channelPaths.push(consolePath);
+        const max = d.maxPorts === undefined ? '' : `,max_ports=${String(d.maxPorts)}`;
+        const name = d.name === undefined ? '' : `,name=${d.name}`;
+        args.push(
+          '-chardev',
+          `pipe,id=${QEMU_CONSOLE_CHARDEV},path=${consolePath}`,
+          '-device',
+          `virtio-serial-device${max}`,
+          '-device',
+          `virtconsole,chardev=${QEMU_CONSOLE_CHARDEV}${name}`,
+        );
+        if (d.serialPort !== undefined) {
+          const portPath = join(dir, 'port1');
+          channelPaths.push(portPath);
+          args.push(
+            '-chardev',
+            `pipe,id=${QEMU_SERIAL_PORT_CHARDEV},path=${portPath}`,
+            '-device',
+            `virtserialport,chardev=${QEMU_SERIAL_PORT_CHARDEV},name=${d.serialPort}`,
+          );
+        }
       } else {
         // A hub port: no host network needed, the link status is all that matters here.
         args.push(
@@ -258,8 +309,8 @@ export class QemuMicrovm {
       }
     }
     try {
-      for (const name of ['qtest', 'qmp']) {
-        execFileSync('mkfifo', [join(dir, `${name}.in`), join(dir, `${name}.out`)]);
+      for (const base of [join(dir, 'qtest'), join(dir, 'qmp'), ...channelPaths]) {
+        execFileSync('mkfifo', [`${base}.in`, `${base}.out`]);
       }
     } catch (e) {
       cleanupDir();
@@ -300,7 +351,11 @@ export class QemuMicrovm {
     const deadline = Date.now() + (options.startTimeoutMs ?? 10_000);
     let qtestPipe: SyncPipe | null = null;
     let qmpPipe: SyncPipe | null = null;
-    while (qtestPipe === null || qmpPipe === null) {
+    const channels: (QemuConsoleChannel | null)[] = channelPaths.map(() => null);
+    const closeChannels = () => {
+      for (const c of channels) c?.close();
+    };
+    while (qtestPipe === null || qmpPipe === null || channels.includes(null)) {
       if (exitInfo !== null) {
         return fail(
           new VirtioError('BACKEND_IO', `qemu exited (${String(exitInfo)}) at startup: ${stderr()}`),
@@ -309,18 +364,31 @@ export class QemuMicrovm {
       if (Date.now() > deadline) {
         qtestPipe?.close();
         qmpPipe?.close();
+        closeChannels();
         return fail(new VirtioError('TIMEOUT', `qemu did not open its channels: ${stderr()}`));
       }
       qtestPipe ??= SyncPipe.tryOpen('qtest', join(dir, 'qtest'));
       qmpPipe ??= SyncPipe.tryOpen('qmp', join(dir, 'qmp'));
-      if (qtestPipe === null || qmpPipe === null) await delay(5);
+      for (let k = 0; k < channels.length; k++) channels[k] ??= QemuConsoleChannel.tryOpen(channelPaths[k]);
+      if (qtestPipe === null || qmpPipe === null || channels.includes(null)) await delay(5);
     }
     try {
       const qmp = QmpClient.connect(qmpPipe, options.requestTimeoutMs);
-      return new QemuMicrovm(child, exited, dir, qtestPipe, qmpPipe, qmp, options, diskPath);
+      return new QemuMicrovm(
+        child,
+        exited,
+        dir,
+        qtestPipe,
+        qmpPipe,
+        qmp,
+        options,
+        diskPath,
+        channels as QemuConsoleChannel[],
+      );
     } catch (e) {
       qtestPipe.close();
       qmpPipe.close();
+      closeChannels();
       const msg = e instanceof Error ? e.message : String(e);
       return fail(
         new VirtioError(e instanceof VirtioError ? e.code : 'BACKEND_IO', `${msg}; stderr: ${stderr()}`),

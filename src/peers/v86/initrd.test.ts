@@ -5,7 +5,10 @@ import {
   ACPI_UPGRADE_DIR,
   buildAcpiCpio,
   buildInitrd,
+  CONSOLE_LINE_MARKER,
+  CONSOLE_READY_MARKER,
   GUEST_LIB,
+  GUEST_MODULES,
   guestPattern,
   INIT_SCRIPT,
 } from './initrd.js';
@@ -50,6 +53,20 @@ describe('initrd', () => {
     expect(INIT_SCRIPT).toContain('ENV=/s/lib.sh');
     // The library's result lines all start with '@' (the host's parser relies on it).
     for (const m of GUEST_LIB.matchAll(/echo "([^"]*)"/g)) expect(m[1].startsWith('@')).toBe(true);
+  });
+
+  it('carries virtio_console and the console functions with the markers the host waits for', () => {
+    expect(GUEST_MODULES).toContain('virtio_console');
+    expect(GUEST_LIB).toMatch(/^conecho\(\) \{$/m);
+    expect(GUEST_LIB).toMatch(/^vport\(\) \{$/m);
+    expect(GUEST_LIB).toContain(`echo "${CONSOLE_READY_MARKER}"`);
+    expect(GUEST_LIB).toContain(`echo "${CONSOLE_LINE_MARKER} $line"`);
+    // Raw mode on the held-open descriptor: hvc resets termios when the last descriptor closes.
+    expect(GUEST_LIB).toContain('stty raw -echo -iexten <&3');
+    // The markers never occur in the text typed on the serial console (its echo would match).
+    for (const m of [CONSOLE_READY_MARKER, CONSOLE_LINE_MARKER]) {
+      expect(m.startsWith('@')).toBe(true);
+    }
   });
 
   it('models the guest pattern exactly (19 bytes per line)', () => {

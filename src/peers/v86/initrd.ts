@@ -20,7 +20,20 @@ export const GUEST_READY_MARKER = '@READY';
 export const EARLY_MODULES = ['virtio', 'virtio_ring'] as const;
 
 /** Every module the scenarios use, as file names without `.ko`. */
-export const GUEST_MODULES = ['virtio', 'virtio_ring', 'virtio_mmio', 'virtio_blk', 'virtio-rng'] as const;
+export const GUEST_MODULES = [
+  'virtio',
+  'virtio_ring',
+  'virtio_mmio',
+  'virtio_blk',
+  'virtio-rng',
+  'virtio_console',
+] as const;
+
+/** Printed by {@link GUEST_LIB}'s `conecho` once /dev/hvcN is open in raw mode (the host may type). */
+export const CONSOLE_READY_MARKER = '@CONREADY';
+
+/** Printed by `conecho` after the echoed line went out (the host may send the bulk input). */
+export const CONSOLE_LINE_MARKER = '@CONLINE';
 
 /** Inputs of {@link buildInitrd}. */
 export interface InitrdOptions {
@@ -80,6 +93,27 @@ blkwrite() {
   echo 3 > /proc/sys/vm/drop_caches
   echo "@PATSUM $(sha256sum /tmp/pat | cut -d' ' -f1)"
   echo "@READBACK $(dd if=/dev/$1 bs=512 skip=$3 count=$(( $(wc -c < /tmp/pat) / 512 )) 2>/dev/null | sha256sum | cut -d' ' -f1)"
+}
+waitchr() { i=0; while [ ! -c /dev/$1 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; [ -c /dev/$1 ] || echo "@ERR no /dev/$1"; }
+# conecho tty bulk lines: raw mode on /dev/tty (held open: hvc resets termios on last close), echo
+# one line back uppercase, checksum bulk bytes of input, write the pattern of lines.
+conecho() {
+  exec 3<>/dev/$1 || { echo "@ERR open /dev/$1"; return; }
+  stty raw -echo -iexten <&3 || echo "@ERR stty $1"
+  echo "@CONREADY"
+  read -r line <&3 || echo "@ERR read $1"
+  printf '%s\\n' "$line" | tr a-z A-Z >&3
+  echo "@CONLINE $line"
+  echo "@CONSIZE $(stty size <&3)"
+  echo "@CONBULK $(head -c $2 <&3 | sha256sum | cut -d' ' -f1)"
+  pattern $3 >&3
+  exec 3>&-
+}
+# vport dev bulk lines: name of a generic port, checksum of bulk bytes read from it, pattern written
+vport() {
+  echo "@VPNAME $(cat /sys/class/virtio-ports/$1/name)"
+  echo "@VPBULK $(head -c $2 /dev/$1 | sha256sum | cut -d' ' -f1)"
+  pattern $3 > /dev/$1 || echo "@ERR write /dev/$1"
 }
 fin() { echo "@END $1"; }
 `;

@@ -1,6 +1,6 @@
 /**
  * `virtio-mmio check linux`: a stock Linux kernel (Debian 12 i386) in v86 drives our device
- * models through its own virtio_mmio, virtio_blk and virtio-rng drivers. One cold boot, one
+ * models through its own virtio_mmio, virtio_blk, virtio-rng and virtio_console drivers. One cold boot, one
  * snapshot, then each scenario restores the snapshot with fresh devices and asserts what the
  * guest prints.
  *
@@ -12,10 +12,25 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FileBlockBackend } from '../../backend/index.js';
-import { BlkDevice, type EntropySource, Features, RngDevice } from '../../device/index.js';
-import { BlkFeature, DeviceId, DeviceStatus, FeatureBit, hex, SeedFeatureBit } from '../../spec/index.js';
+import {
+  BlkDevice,
+  ConsoleDevice,
+  type EntropySource,
+  Features,
+  MemoryConsoleBackend,
+  RngDevice,
+} from '../../device/index.js';
+import {
+  BlkFeature,
+  ConsoleFeature,
+  DeviceId,
+  DeviceStatus,
+  FeatureBit,
+  hex,
+  SeedFeatureBit,
+} from '../../spec/index.js';
 import { MmioTransport } from '../../transport/index.js';
-import { guestPattern } from './initrd.js';
+import { CONSOLE_LINE_MARKER, CONSOLE_READY_MARKER, guestPattern } from './initrd.js';
 import { findLinuxPrerequisites, LINUX_WINDOW_IRQS, LinuxGuest } from './linuxGuest.js';
 
 /** One scenario's outcome. */
@@ -203,13 +218,25 @@ class Verdict {
   }
 }
 
+/** Kinds of device a scenario places. */
+type DeviceKind = 'rng' | 'blk' | 'console';
+
+/** Device id and Linux driver of each kind. */
+const KIND_INFO: Record<DeviceKind, { id: number; driver: string }> = {
+  rng: { id: DeviceId.ENTROPY, driver: 'virtio_rng' },
+  blk: { id: DeviceId.BLOCK, driver: 'virtio_blk' },
+  console: { id: DeviceId.CONSOLE, driver: 'virtio_console' },
+};
+
 /** A device placed in a window for one scenario. */
 interface Placed {
   transport: MmioTransport;
   slot: number;
-  kind: 'rng' | 'blk';
+  kind: DeviceKind;
   entropy?: RecordingEntropy;
   disk?: { path: string; original: Uint8Array; backend: FileBlockBackend };
+  /** The console device and one in-memory backend per port. */
+  console?: { device: ConsoleDevice; backends: MemoryConsoleBackend[] };
   log: string[];
 }
 
@@ -250,9 +277,14 @@ interface Scenario {
   name: string;
   title: string;
   version: 1 | 2;
-  devices: readonly ('rng' | 'blk' | null)[];
+  devices: readonly (DeviceKind | null)[];
   /** Request queues of the blk device (more than 1 offers VIRTIO_BLK_F_MQ). Default 1. */
   blkQueues?: number;
+  /**
+   * Ports of the console device: 1 is a single-port console without MULTIPORT; more offer
+   * MULTIPORT, port 0 a console and the others generic ports named {@link consolePortName}.
+   */
+  consolePorts?: number;
   /**
    * Place the devices with the seed v2 MSI profile (non-standard, issue 5): Linux knows nothing of
    * it, so it must leave bits 39/40 alone and use the standard line. MSI messages are counted.
@@ -280,7 +312,26 @@ function place(env: ScenarioEnv, scenario: Scenario, seq: number): Placed[] {
           }
         : {}),
     };
-    if (kind === 'rng') {
+    if (kind === 'console') {
+      const n = scenario.consolePorts ?? 1;
+      const backends = Array.from({ length: n }, () => new MemoryConsoleBackend());
+      const device = new ConsoleDevice({
+        ports: backends.map((backend, id) => ({
+          backend,
+          ...(id === 0 ? {} : { name: consolePortName(id) }),
+        })),
+        multiport: n > 1,
+        size: CONSOLE_START_SIZE,
+        log: (m) => log.push(m),
+      });
+      placed.push({
+        transport: new MmioTransport(device, common),
+        slot,
+        kind,
+        console: { device, backends },
+        log,
+      });
+    } else if (kind === 'rng') {
       const entropy = new RecordingEntropy(0x1234567 + seq);
       const dev = new RngDevice({ entropy, log: (m) => log.push(m) });
       placed.push({ transport: new MmioTransport(dev, common), slot, kind, entropy, log });
@@ -324,7 +375,7 @@ function checkDevices(
     `found ${String(devs.length)}`,
   );
   for (const p of placed) {
-    const want = p.kind === 'rng' ? DeviceId.ENTROPY : DeviceId.BLOCK;
+    const want = KIND_INFO[p.kind].id;
     const d = devs.find((x) => x.parent === `LNRO0005:${p.slot.toString(16).padStart(2, '0')}`);
     const label = `${phase}${p.kind} (window ${String(p.slot)}, v${String(version)})`;
     if (!v.expect(d !== undefined, `${label} probed`, `no virtio device under LNRO0005:0${String(p.slot)}`))
@@ -348,7 +399,7 @@ function checkDevices(
       `status ${hex(p.transport.status)}`,
     );
     v.expect(
-      d.driver === (p.kind === 'rng' ? 'virtio_rng' : 'virtio_blk'),
+      d.driver === KIND_INFO[p.kind].driver,
       `${label} bound to ${d.driver}`,
       `driver ${JSON.stringify(d.driver)}`,
     );
@@ -433,6 +484,159 @@ function checkBlkRead(lines: readonly string[], p: Placed, v: Verdict, expected?
     'guest sha256 of /dev/vda matches the host file',
     `guest ${String(sum)} host ${host}`,
   );
+}
+
+/** Name given to generic console port `id` (Linux shows it in /sys/class/virtio-ports/vport0pN/name). */
+export function consolePortName(id: number): string {
+  return `org.virtio-mmio.port${String(id)}`;
+}
+
+/** Console size offered at start (VIRTIO_CONSOLE_F_SIZE), and the size the host resizes to. */
+const CONSOLE_START_SIZE = { cols: 80, rows: 25 };
+const CONSOLE_RESIZED = { cols: 100, rows: 30 };
+
+/** The line the host types into /dev/hvc0 (no leading or trailing blanks: `read` strips them). */
+const CONSOLE_LINE = 'virtio-mmio console echo: Hello hvc0 <0123456789> ~!#%&*()_+{}|:?';
+
+/** Bulk input to the console (pattern lines: more than one 4 KiB Linux receive buffer). */
+const CONSOLE_BULK_LINES = 400;
+/** Lines of pattern the guest writes back. */
+const CONSOLE_OUT_LINES = 300;
+/** Bulk input to, and lines of pattern written by the guest to, generic port 1. */
+const PORT_BULK_LINES = 250;
+const PORT_OUT_LINES = 64;
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** Where two byte strings first differ, for messages. */
+function firstDifference(got: Uint8Array, want: Uint8Array): string {
+  let i = 0;
+  while (i < got.length && i < want.length && got[i] === want[i]) i++;
+  const show = (b: Uint8Array) => JSON.stringify(new TextDecoder().decode(b.subarray(i, i + 24)));
+  return `${String(got.length)} bytes, want ${String(want.length)}; first difference at ${String(i)}: ${show(got)} vs ${show(want)}`;
+}
+
+/**
+ * The console echo: Linux's virtio_console binds our ConsoleDevice and gives /dev/hvc0; the guest
+ * puts it in raw mode and tells the host (`@CONREADY`); the host resizes the console and types a
+ * line; the guest echoes it back uppercase, reports the tty size, checksums a bulk input the host
+ * sends next and writes a pattern. Everything the guest wrote is compared byte for byte on the
+ * host side (the port's {@link MemoryConsoleBackend}). With MULTIPORT, generic port 1 is read and
+ * written too (/dev/vport0p1), its input sent before the guest opens it.
+ */
+async function consoleEcho(env: ScenarioEnv, placed: Placed[], v: Verdict, version: 1 | 2): Promise<void> {
+  const p = placed.find((x) => x.kind === 'console');
+  const con = p?.console;
+  if (p === undefined || con === undefined) throw new Error('no console placed');
+  const multiport = con.backends.length > 1;
+  const enc = new TextEncoder();
+  const bulk = enc.encode(guestPattern(CONSOLE_BULK_LINES));
+  const portBulk = enc.encode(guestPattern(PORT_BULK_LINES).toUpperCase());
+  // Generic ports take input only once the guest opens them: the device holds it until then.
+  if (multiport) con.backends[1].push(portBulk);
+  const ready = env.guest.waitForLine((l) => l === CONSOLE_READY_MARKER, env.timeoutMs, 'console ready');
+  const echoed = env.guest.waitForLine(
+    (l) => l.startsWith(CONSOLE_LINE_MARKER),
+    env.timeoutMs,
+    'console line read',
+  );
+  ready.catch(() => {});
+  echoed.catch(() => {});
+  const port1 = multiport
+    ? `; waitchr vport0p1; vport vport0p1 ${String(portBulk.length)} ${String(PORT_OUT_LINES)}`
+    : '';
+  const done = env.guest.run(
+    `ins virtio_mmio virtio_console; waitchr hvc0; devs; conecho hvc0 ${String(bulk.length)} ${String(CONSOLE_OUT_LINES)}${port1}; devs`,
+    env.timeoutMs,
+  );
+  done.catch(() => {});
+  await ready;
+  con.device.resize(CONSOLE_RESIZED.cols, CONSOLE_RESIZED.rows);
+  con.backends[0].push(`${CONSOLE_LINE}\n`);
+  await echoed;
+  con.backends[0].push(bulk);
+  const lines = await done;
+
+  const readyAt = lines.indexOf(CONSOLE_READY_MARKER);
+  const by = checkDevices(readyAt < 0 ? lines : lines.slice(0, readyAt), placed, v, version);
+  const dev = by.get(p.slot);
+  const negotiated = dev === undefined ? new Features() : sysfsFeatures(dev.features);
+  v.expect(
+    negotiated.has(ConsoleFeature.MULTIPORT) === multiport,
+    `console: MULTIPORT ${multiport ? 'negotiated' : 'not offered, not negotiated'}`,
+    bitList(negotiated),
+  );
+  v.expect(negotiated.has(ConsoleFeature.SIZE), 'console: SIZE negotiated', bitList(negotiated));
+  const got = lines
+    .find((l) => l.startsWith(`${CONSOLE_LINE_MARKER} `))
+    ?.slice(CONSOLE_LINE_MARKER.length + 1);
+  v.expect(got === CONSOLE_LINE, 'guest read the host line from /dev/hvc0 exactly', JSON.stringify(got));
+  const guestBulk = lines.find((l) => l.startsWith('@CONBULK '))?.split(' ')[1];
+  v.expect(
+    guestBulk === sha256(bulk),
+    `guest read ${String(bulk.length)} bulk bytes from /dev/hvc0, checksum matches`,
+    `guest ${String(guestBulk)}`,
+  );
+  const size = lines
+    .find((l) => l.startsWith('@CONSIZE'))
+    ?.slice(9)
+    .trim();
+  // `stty size` prints rows then cols. Without MULTIPORT the size comes from the configuration
+  // space after a configuration change; with it from the RESIZE control message, whose layout
+  // (cols, rows per 5.3.6.2) Linux read the other way round until the 2025 fix (5326ab737a47,
+  // in 6.1 stable): this kernel has it.
+  const wantSize = `${String(CONSOLE_RESIZED.rows)} ${String(CONSOLE_RESIZED.cols)}`;
+  v.expect(
+    size === wantSize,
+    `hvc0 resized to ${String(CONSOLE_RESIZED.cols)}x${String(CONSOLE_RESIZED.rows)} (${multiport ? 'RESIZE control message' : 'config change'}): stty size "${wantSize}"`,
+    `stty size ${JSON.stringify(size)}`,
+  );
+  const want = new Uint8Array([
+    ...enc.encode(`${CONSOLE_LINE.toUpperCase()}\n`),
+    ...enc.encode(guestPattern(CONSOLE_OUT_LINES)),
+  ]);
+  const out = con.backends[0].output();
+  v.expect(
+    sameBytes(out, want),
+    `host got the echoed line and ${String(CONSOLE_OUT_LINES)} pattern lines byte for byte (${String(want.length)} bytes)`,
+    firstDifference(out, want),
+  );
+  const c = con.device.counters;
+  v.expect(c.inputDropped === 0, 'console: no input dropped', String(c.inputDropped));
+  v.expect(c.guestErrors === 0 && c.backendErrors === 0, 'console: no guest or backend errors');
+  const inputTotal = CONSOLE_LINE.length + 1 + bulk.length + (multiport ? portBulk.length : 0);
+  v.expect(
+    c.inputBytes === inputTotal && c.rxBytes === inputTotal,
+    `console: all ${String(inputTotal)} input bytes reached guest buffers`,
+    `input ${String(c.inputBytes)} rx ${String(c.rxBytes)}`,
+  );
+  if (multiport) {
+    const name = lines.find((l) => l.startsWith('@VPNAME'))?.split(' ')[1];
+    v.expect(name === consolePortName(1), `port 1 named ${consolePortName(1)} (PORT_NAME)`, String(name));
+    const vb = lines.find((l) => l.startsWith('@VPBULK'))?.split(' ')[1];
+    v.expect(
+      vb === sha256(portBulk),
+      `port 1: input sent before the guest opened it arrived whole (${String(portBulk.length)} bytes)`,
+      String(vb),
+    );
+    const out1 = con.backends[1].output();
+    const want1 = enc.encode(guestPattern(PORT_OUT_LINES));
+    v.expect(
+      sameBytes(out1, want1),
+      'port 1: host got the pattern byte for byte',
+      firstDifference(out1, want1),
+    );
+    const s0 = con.device.port(0);
+    const s1 = con.device.port(1);
+    v.expect(s0.guestReady && s1.guestReady, 'both ports answered PORT_READY(1)');
+    v.expect(s0.guestOpen, 'console port opened by the guest (PORT_OPEN 1)');
+    v.expect(!s1.guestOpen, 'port 1 closed again after the guest closed /dev/vport0p1 (PORT_OPEN 0)');
+    v.expect(c.controlDropped === 0 && c.driverFailures === 0, 'control protocol clean');
+    v.checks.push(`control messages: ${String(c.controlIn)} from linux, ${String(c.controlOut)} to linux`);
+  }
+  checkIrqCounts(lines.slice(Math.max(0, readyAt)), by, v);
 }
 
 const SCENARIOS: readonly Scenario[] = [
@@ -606,6 +810,74 @@ const SCENARIOS: readonly Scenario[] = [
         );
       }
       checkIrqCounts(lines, by, v);
+    },
+  },
+  {
+    name: 'blk-mq',
+    title: 'virtio-blk with 4 request queues (v2): what Linux on one v86 CPU sets up',
+    version: 2,
+    devices: ['blk'],
+    blkQueues: 4,
+    async run(env, placed, v) {
+      const lines = await env.guest.run(
+        'ins virtio_mmio virtio_blk; waitblk vda; blkinfo vda; devs; cat /sys/block/vda/mq/*/cpu_list | sed "s/^/@MQCPUS /"',
+        env.timeoutMs,
+      );
+      const by = checkDevices(lines, placed, v, 2);
+      const blk = placed[0];
+      checkBlkRead(lines, blk, v);
+      const dev = by.get(blk.slot);
+      v.expect(
+        dev !== undefined && sysfsFeatures(dev.features).has(BlkFeature.MQ),
+        'VIRTIO_BLK_F_MQ negotiated with num_queues 4',
+        dev?.features ?? 'no device',
+      );
+      // virtio_blk init_vq: num_vqs = min(num_queues, nr_cpu_ids) and v86 has one CPU, so Linux
+      // sets up one request queue and one blk-mq hardware context.
+      const mq = lines.find((l) => l.startsWith('@BLKMQ'))?.split(' ')[2];
+      v.expect(
+        mq === '1',
+        'linux shows 1 hardware queue in /sys/block/vda/mq (nr_cpu_ids = 1)',
+        `mq ${String(mq)}`,
+      );
+      const cpus = lines.filter((l) => l.startsWith('@MQCPUS')).map((l) => l.slice(8).trim());
+      v.expect(cpus.join(',') === '0', 'the hardware queue serves cpu 0', cpus.join(','));
+      const ready = [0, 1, 2, 3].map((i) => blk.transport.queue(i).ready);
+      v.expect(
+        ready[0] && !ready[1] && !ready[2] && !ready[3],
+        'our transport: queue 0 ready, queues 1..3 never set up by linux',
+        ready.join(','),
+      );
+      checkIrqCounts(lines, by, v);
+    },
+  },
+  {
+    name: 'console',
+    title: 'virtio-console (v2): /dev/hvc0 on our device echoes a line, bulk both ways byte-exact',
+    version: 2,
+    devices: ['console'],
+    async run(env, placed, v) {
+      await consoleEcho(env, placed, v, 2);
+    },
+  },
+  {
+    name: 'console-mp',
+    title: 'virtio-console MULTIPORT (v2): hvc0 echo plus a named port /dev/vport0p1 both ways',
+    version: 2,
+    devices: ['console'],
+    consolePorts: 2,
+    async run(env, placed, v) {
+      await consoleEcho(env, placed, v, 2);
+    },
+  },
+  {
+    name: 'console-v1',
+    title: 'virtio-console MULTIPORT on a Version 1 (legacy) transport: hvc0 echo and vport0p1',
+    version: 1,
+    devices: ['console'],
+    consolePorts: 2,
+    async run(env, placed, v) {
+      await consoleEcho(env, placed, v, 1);
     },
   },
   {

@@ -315,6 +315,15 @@ export class LinuxGuest {
       .filter((l) => l.startsWith('@') && l !== `@END ${String(n)}`);
   }
 
+  /**
+   * Waits for a console line (a marker a guest command prints midway, so the host can act while the
+   * command runs). Register it before sending the command that prints it.
+   * @throws VirtioError `TIMEOUT` when no such line comes in time
+   */
+  waitForLine(test: (line: string) => boolean, timeoutMs: number, what: string): Promise<string> {
+    return this.waitLine(test, timeoutMs, what);
+  }
+
   /** Stops and frees the emulator. */
   async destroy(): Promise<void> {
     for (const w of this.waiters) w.resolve('');
