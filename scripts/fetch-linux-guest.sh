@@ -12,7 +12,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${1:-${VIRTIO_MMIO_LINUX_GUEST:-$ROOT/.cache/linux-guest}}"
-MODULES=(virtio virtio_ring virtio_mmio virtio_blk virtio-rng virtio_console)
+MODULES=(virtio virtio_ring virtio_mmio virtio_blk virtio-rng virtio_console failover net_failover virtio_net)
 
 complete() {
   [ -s "$CACHE/vmlinuz" ] && [ -s "$CACHE/bios.bin" ] && [ -s "$CACHE/busybox" ] || return 1

@@ -27,6 +27,9 @@ export const GUEST_MODULES = [
   'virtio_blk',
   'virtio-rng',
   'virtio_console',
+  'failover',
+  'net_failover',
+  'virtio_net',
 ] as const;
 
 /** Printed by {@link GUEST_LIB}'s `conecho` once /dev/hvcN is open in raw mode (the host may type). */
@@ -114,6 +117,14 @@ vport() {
   echo "@VPNAME $(cat /sys/class/virtio-ports/$1/name)"
   echo "@VPBULK $(head -c $2 /dev/$1 | sha256sum | cut -d' ' -f1)"
   pattern $3 > /dev/$1 || echo "@ERR write /dev/$1"
+}
+waitnet() { i=0; while [ ! -e /sys/class/net/$1 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; [ -e /sys/class/net/$1 ] || echo "@ERR no $1"; }
+# netping iface addr peer count: bring the interface up with an address and ping the host peer
+netping() {
+  ip link set $1 up || echo "@ERR link $1"
+  ip addr add $2/24 dev $1 || echo "@ERR addr $1"
+  echo "@MAC $(cat /sys/class/net/$1/address)"
+  ping -c $4 -W 10 $3 2>&1 | sed 's/^/@PING /'
 }
 fin() { echo "@END $1"; }
 `;

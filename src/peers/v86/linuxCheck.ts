@@ -15,9 +15,12 @@ import { FileBlockBackend } from '../../backend/index.js';
 import {
   BlkDevice,
   ConsoleDevice,
+  createNetLink,
   type EntropySource,
   Features,
+  HostPeer,
   MemoryConsoleBackend,
+  NetDevice,
   RngDevice,
 } from '../../device/index.js';
 import {
@@ -219,13 +222,14 @@ class Verdict {
 }
 
 /** Kinds of device a scenario places. */
-type DeviceKind = 'rng' | 'blk' | 'console';
+type DeviceKind = 'rng' | 'blk' | 'console' | 'net';
 
 /** Device id and Linux driver of each kind. */
 const KIND_INFO: Record<DeviceKind, { id: number; driver: string }> = {
   rng: { id: DeviceId.ENTROPY, driver: 'virtio_rng' },
   blk: { id: DeviceId.BLOCK, driver: 'virtio_blk' },
   console: { id: DeviceId.CONSOLE, driver: 'virtio_console' },
+  net: { id: DeviceId.NET, driver: 'virtio_net' },
 };
 
 /** A device placed in a window for one scenario. */
@@ -237,6 +241,8 @@ interface Placed {
   disk?: { path: string; original: Uint8Array; backend: FileBlockBackend };
   /** The console device and one in-memory backend per port. */
   console?: { device: ConsoleDevice; backends: MemoryConsoleBackend[] };
+  /** The NIC and the host peer at the other end of its in-process link. */
+  net?: { device: NetDevice; peer: HostPeer };
   log: string[];
 }
 
@@ -331,6 +337,12 @@ function place(env: ScenarioEnv, scenario: Scenario, seq: number): Placed[] {
         console: { device, backends },
         log,
       });
+    } else if (kind === 'net') {
+      // Frames move on microtasks: v86 runs on the event loop, between its execution slices.
+      const link = createNetLink({ delivery: 'microtask' });
+      const peer = new HostPeer({ backend: link.b, ip: NET_PEER_IP });
+      const device = new NetDevice({ backend: link.a, mac: NET_GUEST_MAC, log: (m) => log.push(m) });
+      placed.push({ transport: new MmioTransport(device, common), slot, kind, net: { device, peer }, log });
     } else if (kind === 'rng') {
       const entropy = new RecordingEntropy(0x1234567 + seq);
       const dev = new RngDevice({ entropy, log: (m) => log.push(m) });
@@ -639,6 +651,15 @@ async function consoleEcho(env: ScenarioEnv, placed: Placed[], v: Verdict, versi
   checkIrqCounts(lines.slice(Math.max(0, readyAt)), by, v);
 }
 
+/** Address of the guest's eth0 in the net scenario. */
+const NET_GUEST_IP = '10.0.2.15';
+/** Address of the host peer behind the NIC. */
+const NET_PEER_IP = '10.0.2.2';
+/** MAC the NIC reports in its configuration space. */
+const NET_GUEST_MAC = '52:54:00:12:34:56';
+/** Echo requests the guest sends. */
+const NET_PINGS = 3;
+
 const SCENARIOS: readonly Scenario[] = [
   {
     name: 'rng',
@@ -911,6 +932,46 @@ const SCENARIOS: readonly Scenario[] = [
       if (blk !== undefined) checkBlkRead(lines, blk, v);
       if (rng !== undefined) checkRng(lines, rng, 256, v);
       checkIrqCounts(lines, by, v);
+    },
+  },
+  {
+    name: 'net',
+    title: "virtio-net (v2): Linux's virtio_net brings up eth0 on our NIC and pings the host peer",
+    version: 2,
+    devices: ['net'],
+    async run(env, placed, v) {
+      const lines = await env.guest.run(
+        `ins virtio_mmio failover net_failover virtio_net; waitnet eth0; devs; netping eth0 ${NET_GUEST_IP} ${NET_PEER_IP} ${String(NET_PINGS)}; devs`,
+        env.timeoutMs,
+      );
+      // Two `devs` listings: before the traffic (binding, features) and after (interrupt counts).
+      const split = lines.findIndex((l) => l.startsWith('@MAC '));
+      const by = checkDevices(lines.slice(0, split), placed, v, 2);
+      const p = placed[0];
+      const mac = lines
+        .find((l) => l.startsWith('@MAC '))
+        ?.slice(5)
+        .trim();
+      v.expect(mac === NET_GUEST_MAC, 'eth0 has the MAC from our config space', String(mac));
+      const summary = lines.find((l) => /packets transmitted/.test(l)) ?? '';
+      v.expect(
+        summary.includes(`${String(NET_PINGS)} packets transmitted, ${String(NET_PINGS)} packets received`),
+        `${String(NET_PINGS)} pings to the host peer answered`,
+        summary || lines.filter((l) => l.startsWith('@PING')).join(' | '),
+      );
+      const c = p.net?.peer.counters;
+      v.expect(
+        c !== undefined && c.arpReplies >= 1 && c.echoReplies === NET_PINGS,
+        'the host peer answered ARP and every ICMP echo',
+        JSON.stringify(c),
+      );
+      const d = p.net?.device.counters;
+      v.expect(
+        d !== undefined && d.txFrames >= NET_PINGS + 1 && d.rxFrames >= NET_PINGS + 1,
+        'frames counted both ways by our device',
+        JSON.stringify({ tx: d?.txFrames, rx: d?.rxFrames }),
+      );
+      checkIrqCounts(lines.slice(split), by, v);
     },
   },
 ];
