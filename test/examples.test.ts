@@ -1,6 +1,6 @@
 /**
  * The README's promises, kept true: the embedding example runs against the built package, and the
- * demo behind `npm start` completes with identical read-back data and no guest errors.
+ * demo (`npm run demo`) completes with identical read-back data and no guest errors.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -21,7 +21,7 @@ describe('README examples', () => {
     expect(out).toContain('guest errors: 0');
   });
 
-  it('the demo (npm start) reads entropy and round-trips a file-backed disk on both versions', () => {
+  it('the demo (npm run demo) reads entropy and round-trips a file-backed disk on both versions', () => {
     const lines = runDemo();
     const text = lines.join('\n');
     expect(text).toContain('== virtio-mmio Version 2');

@@ -1,5 +1,5 @@
 /**
- * The demo behind `npm start`: a machine with a virtio-rng and a file-backed virtio-blk, driven by
+ * The demo behind `npm run demo`: a machine with a virtio-rng and a file-backed virtio-blk, driven by
  * our guest drivers, Version 2 and Version 1 (legacy) side by side. It prints what happened: the
  * features negotiated, the requests, the interrupts and the trapped accesses, per device and register.
  *

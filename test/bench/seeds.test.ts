@@ -1,0 +1,323 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  blkModes,
+  computeRatios,
+  formatSeedsTable,
+  measureBlkMode,
+  measureRrMode,
+  median,
+  rrMode,
+  rrModes,
+  runSeedsBench,
+  type SeedsBenchResult,
+  type SeedsResultEntry,
+  seedsChartSpecs,
+  seedsConfig,
+} from '../../src/cli/bench/seeds/index.js';
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** A tiny configuration: one run of a few hundred transactions, counts only. */
+const tiny = seedsConfig({
+  quick: true,
+  overrides: { runs: 1, warmup: 20, durationMs: 0, maxTransactions: 300 },
+});
+
+function entry(mode: string, value: number, workload = 'rr'): SeedsResultEntry {
+  return {
+    workload,
+    mode,
+    metric: 'trans/s',
+    value,
+    runs: [value],
+    exits: 0,
+    doorbells: 0,
+    interrupts: 0,
+    cpuCores: 1,
+    handlerAccesses: 0,
+    hltWakeups: 0,
+    exitDetail: { read: 0, write: 0, eoi: 0, irqchip: 0 },
+    latencyUs: { p50: 1, p90: 2, p99: 3 },
+    interruptMode: 'line',
+    operations: 1,
+  };
+}
+
+describe('seeds bench: statistics and ratios', () => {
+  it('median of odd and even counts, NaN for none', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([7])).toBe(7);
+    expect(median([])).toBeNaN();
+  });
+
+  it('ratios come from the medians of the named modes', () => {
+    const r = computeRatios([
+      entry('ideal', 30_000),
+      entry('line-v2 trapped', 2_000),
+      entry('msi trapped', 5_000),
+      entry('line-v2 posted', 4_000),
+      entry('msi posted', 12_000),
+      entry('msi-shared posted', 15_000),
+      entry('msi posted', 8_000, 'blk-qd1'),
+      entry('line-v2 posted', 4_000, 'blk-qd1'),
+      entry('msi posted', 30_000, 'blk-qd32'),
+      entry('line-v2 posted', 20_000, 'blk-qd32'),
+      entry('2 pairs msi', 9_000, 'rr-mq'),
+      entry('2 pairs line', 6_000, 'rr-mq'),
+    ]);
+    expect(r.msiOverLine).toBe(2.5);
+    expect(r.msiOverLinePosted).toBe(3);
+    expect(r.bestOverIdeal).toBe(0.5);
+    expect(r.bestMode).toBe('msi-shared posted');
+    expect(r.blkMsiOverLineQd1).toBe(2);
+    expect(r.blkMsiOverLineQd32).toBe(1.5);
+    expect(r.perQueueOverShared).toBe(1.5);
+  });
+
+  it('a ratio whose side is missing or zero is null', () => {
+    const r = computeRatios([
+      entry('msi trapped', 5_000),
+      entry('line-v2 posted', 0),
+      entry('msi posted', 10),
+    ]);
+    expect(r.msiOverLine).toBeNull();
+    expect(r.msiOverLinePosted).toBeNull();
+    expect(r.bestOverIdeal).toBeNull();
+    expect(r.bestMode).toBeNull();
+    expect(r.perQueueOverShared).toBeNull();
+    expect(computeRatios([])).toEqual({
+      blkMsiOverLineQd1: null,
+      blkMsiOverLineQd32: null,
+      msiOverLine: null,
+      msiOverLinePosted: null,
+      bestOverIdeal: null,
+      bestMode: null,
+      perQueueOverShared: null,
+    });
+  });
+});
+
+describe('seeds bench: modes', () => {
+  it('full: every layout x notification x EVENT_IDX; quick: EVENT_IDX off only for line-v2 and msi', () => {
+    const full = rrModes(false).map((m) => m.name);
+    expect(full).toHaveLength(28);
+    expect(new Set(full).size).toBe(28);
+    expect(full).toContain('msi-notify posted no-event-idx');
+    const quick = rrModes(true).map((m) => m.name);
+    expect(quick).toHaveLength(16);
+    expect(quick).toContain('line-v2 trapped');
+    expect(quick).toContain('msi posted no-event-idx');
+    expect(quick).not.toContain('lines-shared posted no-event-idx');
+    expect(quick).not.toContain('msi-notify posted');
+  });
+
+  it('a mode forces its interrupt mode and carries the device options', () => {
+    const m = rrMode('line-v1', 'posted', false);
+    expect(m).toMatchObject({
+      name: 'line-v1 posted no-event-idx',
+      notify: 'posted',
+      eventIdx: false,
+      allow: ['line'],
+      expect: 'line',
+      setup: { version: 1, eventIdx: false },
+    });
+    expect(rrMode('msi-shared', 'trapped').setup).toEqual({ msi: 'sharing', eventIdx: true });
+  });
+
+  it('rejects an unknown mode or workload name', async () => {
+    await expect(runSeedsBench({ quick: true, modes: ['msi turbo'] })).rejects.toMatchObject({
+      code: 'INVALID_ARGUMENT',
+    });
+    await expect(
+      runSeedsBench({ quick: true, workloads: ['iperf' as 'rr'], modes: ['msi posted'] }),
+    ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it('block modes: standard line and seed MSI, trapped and posted', () => {
+    expect(blkModes().map((m) => m.name)).toEqual([
+      'line-v2 trapped',
+      'line-v2 posted',
+      'msi trapped',
+      'msi posted',
+    ]);
+  });
+});
+
+describe('seeds bench: counts per transaction (tiny runs, never timing)', () => {
+  it('seed MSI + posted notification: no synchronous exit, one doorbell, no handler access', async () => {
+    const e = await measureRrMode(rrMode('msi', 'posted'), tiny);
+    expect(e.interruptMode).toBe('msi-per-queue');
+    expect(e.operations).toBe(300);
+    expect(e.exits).toBe(0);
+    expect(e.exitDetail).toEqual({ read: 0, write: 0, eoi: 0, irqchip: 0 });
+    expect(e.doorbells).toBe(1);
+    expect(e.handlerAccesses).toBe(0);
+    expect(e.interrupts).toBeGreaterThan(0);
+  });
+
+  it('standard line, trapped: notify write, InterruptStatus read, InterruptACK write, EOI', async () => {
+    const e = await measureRrMode(rrMode('line-v2', 'trapped'), tiny);
+    expect(e.interruptMode).toBe('line');
+    expect(e.exitDetail).toEqual({ read: 1, write: 2, eoi: 1, irqchip: 0 });
+    expect(e.exits).toBe(4);
+    expect(e.doorbells).toBe(0);
+    expect(e.interrupts).toBe(1);
+    expect(e.handlerAccesses).toBe(3);
+  });
+
+  it('seed MSI, trapped: only the notification exits; rx and tx vectors each interrupt', async () => {
+    const e = await measureRrMode(rrMode('msi', 'trapped'), tiny);
+    expect(e.exitDetail).toEqual({ read: 0, write: 1, eoi: 0, irqchip: 0 });
+    expect(e.interrupts).toBe(2);
+    expect(e.handlerAccesses).toBe(0);
+  });
+
+  it('config + shared line, trapped: no status read (the line says which), ACK and EOI remain', async () => {
+    const e = await measureRrMode(rrMode('lines-shared', 'trapped'), tiny);
+    expect(e.interruptMode).toBe('lines-shared');
+    expect(e.exitDetail).toEqual({ read: 0, write: 2, eoi: 1, irqchip: 0 });
+    expect(e.handlerAccesses).toBe(2);
+  });
+});
+
+describe('seeds bench: per-queue notification addresses', () => {
+  it('seed MSI + per-queue notification addresses, trapped: one write exit (to the queue address), nothing else', async () => {
+    const e = await measureRrMode(rrMode('msi-notify', 'trapped'), tiny);
+    expect(e.interruptMode).toBe('msi-per-queue');
+    expect(e.exitDetail).toEqual({ read: 0, write: 1, eoi: 0, irqchip: 0 });
+    expect(e.handlerAccesses).toBe(0);
+  });
+});
+
+describe('seeds bench: block counts per I/O (tiny runs, never timing)', () => {
+  it('queue depth 1, standard line, trapped: notify, status read, ACK, EOI per I/O', async () => {
+    const e = await measureBlkMode(rrMode('line-v2', 'trapped'), 1, tiny);
+    expect(e.workload).toBe('blk-qd1');
+    expect(e.metric).toBe('IOPS');
+    expect(e.operations).toBe(300);
+    expect(e.exitDetail).toEqual({ read: 1, write: 2, eoi: 1, irqchip: 0 });
+    expect(e.interrupts).toBe(1);
+    expect(e.handlerAccesses).toBe(3);
+  });
+
+  it('queue depth 1, seed MSI, posted: no exit, one doorbell per I/O', async () => {
+    const e = await measureBlkMode(rrMode('msi', 'posted'), 1, tiny);
+    expect(e.interruptMode).toBe('msi-per-queue');
+    expect(e.exits).toBe(0);
+    expect(e.doorbells).toBe(1);
+    expect(e.handlerAccesses).toBe(0);
+  });
+
+  it('queue depth 32, seed MSI, trapped: every I/O still completes (timed + drained)', async () => {
+    const e = await measureBlkMode(rrMode('msi', 'trapped'), 32, tiny);
+    expect(e.workload).toBe('blk-qd32');
+    expect(e.operations).toBeGreaterThanOrEqual(300);
+    expect(e.exitDetail.read).toBe(0);
+    expect(e.exitDetail.eoi).toBe(0);
+    expect(e.handlerAccesses).toBe(0);
+  });
+});
+
+describe('seeds bench: the JSON shape', () => {
+  it('every documented field is present with its type, and the table names every mode', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'seeds-bench-'));
+    dirs.push(dir);
+    const json = join(dir, 'r.json');
+    const seen: number[] = [];
+    const result = await runSeedsBench({
+      quick: true,
+      json,
+      out: join(dir, 'out'),
+      workloads: ['rr'],
+      modes: ['msi posted'],
+      overrides: { runs: 2, warmup: 10, durationMs: 0, maxTransactions: 200 },
+      onProgress: (p) => seen.push(p.done),
+    });
+    expect(seen).toEqual([0, 1, 2]);
+    const parsed = JSON.parse(readFileSync(json, 'utf8')) as SeedsBenchResult;
+    expect(parsed).toEqual(JSON.parse(readFileSync(join(dir, 'out', 'results.json'), 'utf8')));
+    const report = readFileSync(join(dir, 'out', 'report.md'), 'utf8');
+    expect(report).toContain('msiOverLine');
+    for (const f of ['rr-transactions.svg', 'rr-exits.svg', 'rr-latency.svg']) {
+      expect(report).toContain(`(${f})`);
+      expect(readFileSync(join(dir, 'out', f), 'utf8')).toMatch(/^<svg /);
+    }
+    expect(Object.keys(parsed).sort()).toEqual(['config', 'machine', 'ratios', 'results']);
+    const m = parsed.machine;
+    for (const k of ['cpu', 'os', 'node', 'v8'] as const) expect(typeof m[k]).toBe('string');
+    for (const k of ['cores', 'memory', 'loadavg1'] as const) expect(typeof m[k]).toBe('number');
+    const c = parsed.config;
+    expect(c).toMatchObject({
+      schema: 1,
+      quick: true,
+      runs: 2,
+      warmup: 10,
+      requestSize: 32,
+      responseSize: 1024,
+    });
+    expect(typeof c.version).toBe('string');
+    expect(typeof c.date).toBe('string');
+    expect(c.wait).toEqual({ vcpuSpin: 0, vmmSpin: 0 });
+    expect(c.workloads).toEqual(['rr']);
+    expect(parsed.results.map((r) => r.mode)).toEqual(['ideal', 'msi posted']);
+    for (const r of parsed.results) {
+      expect(r.workload).toBe('rr');
+      expect(r.metric).toBe('trans/s');
+      expect(r.runs).toHaveLength(2);
+      for (const x of r.runs) expect(typeof x).toBe('number');
+      expect(r.value).toBe(median(r.runs));
+      for (const k of [
+        'exits',
+        'doorbells',
+        'interrupts',
+        'cpuCores',
+        'handlerAccesses',
+        'hltWakeups',
+        'operations',
+      ] as const) {
+        expect(typeof r[k]).toBe('number');
+      }
+      expect(r.operations).toBe(400);
+      expect(Object.keys(r.exitDetail).sort()).toEqual(['eoi', 'irqchip', 'read', 'write']);
+      expect(Object.keys(r.latencyUs).sort()).toEqual(['p50', 'p90', 'p99']);
+      expect(r.latencyUs.p50).toBeLessThanOrEqual(r.latencyUs.p99);
+      expect(typeof r.interruptMode).toBe('string');
+    }
+    expect(parsed.results[0]).toMatchObject({ mode: 'ideal', exits: 0, doorbells: 0, interrupts: 0 });
+    expect(Object.keys(parsed.ratios).sort()).toEqual([
+      'bestMode',
+      'bestOverIdeal',
+      'blkMsiOverLineQd1',
+      'blkMsiOverLineQd32',
+      'msiOverLine',
+      'msiOverLinePosted',
+      'perQueueOverShared',
+    ]);
+    expect(parsed.ratios.msiOverLine).toBeNull();
+    expect(parsed.ratios.bestMode).toBe('msi posted');
+    expect(parsed.ratios.bestOverIdeal).toBeCloseTo(parsed.results[1].value / parsed.results[0].value, 10);
+    const table = formatSeedsTable(result).join('\n');
+    expect(table).toContain('ideal');
+    expect(table).toContain('msi posted');
+    expect(table).toContain('msiOverLine');
+    expect(table).toContain('bestOverIdeal');
+  });
+});
+
+describe('seeds bench: charts', () => {
+  it('one spec per chart the data allows: rr charts without blk entries, blk chart with them', () => {
+    const base = { machine: {} as SeedsBenchResult['machine'], config: tiny, ratios: computeRatios([]) };
+    const rrOnly = seedsChartSpecs({ ...base, results: [entry('ideal', 1), entry('msi posted', 2)] });
+    expect(rrOnly.map((c) => c.file)).toEqual(['rr-transactions.svg', 'rr-exits.svg', 'rr-latency.svg']);
+    const blkOnly = seedsChartSpecs({ ...base, results: [entry('msi posted', 2, 'blk-qd1')] });
+    expect(blkOnly.map((c) => c.file)).toEqual(['blk-iops.svg']);
+    expect(seedsChartSpecs({ ...base, results: [] })).toEqual([]);
+  });
+});
