@@ -22,7 +22,11 @@ program
 program
   .command('demo', { isDefault: true })
   .description('probe an rng and a file-backed blk device, Version 2 and legacy, and report what happened')
-  .action(() => {
+  // demo is the default command, so commander hands it any unknown command word: name it as such
+  // instead of "too many arguments for 'demo'".
+  .allowExcessArguments(true)
+  .action((_options: unknown, cmd: Command) => {
+    if (cmd.args.length > 0) throw new Error(`unknown command '${cmd.args[0]}' (see --help)`);
     for (const line of runDemo()) console.log(line);
   });
 

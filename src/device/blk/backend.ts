@@ -76,14 +76,23 @@ export class MemoryBlockBackend implements BlockBackend {
 
   /**
    * @param storage - a size in bytes (zero-filled), or the bytes to use (not copied)
-   * @throws VirtioError `INVALID_ARGUMENT` for a size that is not a non-negative safe integer
+   * @throws VirtioError `INVALID_ARGUMENT` for a size that is not a non-negative safe integer, or
+   *   one the host cannot allocate
    */
   constructor(storage: number | Uint8Array, options: MemoryBlockBackendOptions = {}) {
     if (typeof storage === 'number') {
       if (!Number.isSafeInteger(storage) || storage < 0) {
         throw new VirtioError('INVALID_ARGUMENT', `invalid memory disk size ${String(storage)}`);
       }
-      this.bytes = new Uint8Array(storage);
+      try {
+        this.bytes = new Uint8Array(storage);
+      } catch {
+        // Past the engine's typed array limit, or out of host memory: a host error, not a RangeError.
+        throw new VirtioError(
+          'INVALID_ARGUMENT',
+          `cannot allocate a memory disk of ${String(storage)} bytes`,
+        );
+      }
     } else {
       this.bytes = storage;
     }
