@@ -37,7 +37,7 @@ import {
 import { VirtioError } from '../spec/index.js';
 import { type InterruptMode, MmioDriver } from '../transport/index.js';
 import type { GuestEnv } from './vcpu.js';
-import type { VmmHost } from './vmmCore.js';
+import type { VmmDeviceOptions, VmmHost } from './vmmCore.js';
 
 // -------------------------------------------------------------------------------------------------
 // Shared constants.
@@ -142,22 +142,7 @@ export function setupNetRr(host: VmmHost, rawArgs: unknown): void {
   });
   // Vectors: config + one per queue (rx/tx per pair, control queue), fixed mapping needs more
   // than the highest queue index + 1.
-  const vectors = 2 * pairs + 2;
-  const msi = a.msi ?? 'none';
-  const seed =
-    msi === 'none'
-      ? undefined
-      : {
-          msi: msi === 'sharing' ? { vectors: 2, sharing: true } : { vectors, sharing: false },
-          ...(a.notification === true ? { notification: true as const } : {}),
-        };
-  host.addDevice(dev, {
-    name: 'net0',
-    version: a.version ?? 2,
-    lines: a.lines ?? 'single',
-    eventIdx: a.eventIdx ?? true,
-    ...(seed === undefined ? {} : { seed, ringReset: false }),
-  });
+  host.addDevice(dev, placement('net0', a, 2 * pairs + 2));
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -417,23 +402,35 @@ export interface BlkFioSetupArgs extends Omit<NetRrSetupArgs, 'responseSize' | '
   readonly size?: number;
 }
 
+/**
+ * The device placement a benchmark mode asks for: register layout, wired lines, EVENT_IDX, and the
+ * seed profile (MSI with `vectors` fixed-mapping vectors or 2 shared ones, optionally per-queue
+ * notification addresses; RING_RESET is never offered with it).
+ */
+function placement(name: string, a: NetRrSetupArgs | BlkFioSetupArgs, vectors: number): VmmDeviceOptions {
+  const msi = a.msi ?? 'none';
+  const seed =
+    msi === 'none'
+      ? undefined
+      : {
+          msi: msi === 'sharing' ? { vectors: 2, sharing: true } : { vectors, sharing: false },
+          ...(a.notification === true ? { notification: true as const } : {}),
+        };
+  return {
+    name,
+    version: a.version ?? 2,
+    lines: a.lines ?? 'single',
+    eventIdx: a.eventIdx ?? true,
+    ...(seed === undefined ? {} : { seed, ringReset: false }),
+  };
+}
+
 /** Setup: `blk0`, a virtio-blk device over a file image, with the interrupt layout from `args`. */
 export function setupBlkFio(host: VmmHost, rawArgs: unknown): void {
   const a = rawArgs as BlkFioSetupArgs;
   const backend = new FileBlockBackend(a.path, { createSize: a.size ?? 64 << 20 });
   const dev = new BlkDevice({ backend, queueSize: 256 });
-  const msi = a.msi ?? 'none';
-  const seed =
-    msi === 'none'
-      ? undefined
-      : { msi: msi === 'sharing' ? { vectors: 2, sharing: true } : { vectors: 4, sharing: false } };
-  host.addDevice(dev, {
-    name: 'blk0',
-    version: a.version ?? 2,
-    lines: a.lines ?? 'single',
-    eventIdx: a.eventIdx ?? true,
-    ...(seed === undefined ? {} : { seed, ringReset: false }),
-  });
+  host.addDevice(dev, placement('blk0', a, 4));
 }
 
 let blk: BlkDriver | null = null;
