@@ -10,6 +10,7 @@
 import { BlkDevice, MemoryBlockBackend } from '../../src/device/blk/index.js';
 import { ConsoleDevice, MemoryConsoleBackend } from '../../src/device/console/index.js';
 import { MAX_PASSES_PER_NOTIFY, type VirtioDevice } from '../../src/device/index.js';
+import { createNetLink, NetDevice, type NetLink } from '../../src/device/net/index.js';
 import { RngDevice } from '../../src/device/rng/index.js';
 import { BlkReqType, BlkStatus, DescFlag, USED_IDX, USED_RING } from '../../src/spec/index.js';
 import { MAX_INDIRECT_DESCRIPTORS } from '../../src/virtqueue/index.js';
@@ -33,6 +34,8 @@ interface DeviceSpec {
   make(src: ByteSource): VirtioDevice;
   /** Writes one valid request on queue `q` of `ctx`, returns the queue to notify and a checker. */
   valid(ctx: RigContext): { queue: number; verify(): void };
+  /** A host-side event the device must survive at any time (a frame arriving), if the device has one. */
+  poke?(src: ByteSource): void;
 }
 
 /** Used element `k` of queue `q`: { id, len }. */
@@ -132,6 +135,47 @@ const consoleSpec: DeviceSpec = {
   },
 };
 
+/** The host end of the NIC under test (one target run at a time). */
+let netLink: NetLink | null = null;
+
+const netSpec: DeviceSpec = {
+  name: 'net',
+  make(src) {
+    netLink = createNetLink({ capacity: 64 });
+    const pairs = 1 + src.below(2);
+    return new NetDevice({
+      backend: netLink.a,
+      queuePairs: pairs,
+      ctrlVq: pairs > 1 || src.bool(),
+      mrgRxbuf: src.bool(),
+      mtu: src.pick([68, 1500, 9000]),
+      rxBacklog: src.pick([0, 1, 8]),
+      queueSize: src.pick([2, 8, 64]),
+    });
+  },
+  poke(src) {
+    // A frame from the wire, of any length (runts and giants included), then delivery.
+    const frame = new Uint8Array(src.pick([0, 13, 14, 60, 1514, 9018, 70000]));
+    for (let i = 0; i < Math.min(frame.length, 64); i++) frame[i] = src.u8();
+    netLink?.b.send(frame);
+    netLink?.pump();
+  },
+  valid(ctx) {
+    // One 60-byte frame behind a zeroed header on transmitq 0 (queue 1).
+    const raw = ctx.mem.inner;
+    const q = ctx.queues[1];
+    raw.fill(DATA_BASE, 12 + 60, 0);
+    writeDesc(raw, q.descTable, 0, DATA_BASE, 12 + 60, 0, 0);
+    pushAvail(raw, q, 0);
+    return {
+      queue: 1,
+      verify() {
+        check(raw.read16(q.usedRing + USED_IDX) === 1, 'net: valid transmit not completed after reset');
+      },
+    };
+  },
+};
+
 /** Bound on memory accesses one notify may make (generous, but finite and linear). */
 function notifyBound(ctx: RigContext): number {
   let n = 0;
@@ -179,6 +223,10 @@ function deviceTarget(spec: DeviceSpec): FuzzTarget {
             );
           }
           if (wasFailed) check(ctx.failures.length === failures, 'failed queue reported again');
+        } else if (spec.poke !== undefined && src.bool()) {
+          ctx.mem.resetCount();
+          spec.poke(src);
+          check(ctx.mem.accesses <= notifyBound(ctx), `host event made ${ctx.mem.accesses} accesses`);
         } else {
           // Config space reads and writes, as the transport forwards them (range checked there).
           const width = src.pick([1, 2, 4] as const);
@@ -206,4 +254,4 @@ function deviceTarget(spec: DeviceSpec): FuzzTarget {
 }
 
 /** The device targets. */
-export const deviceTargets: FuzzTarget[] = [blkSpec, rngSpec, consoleSpec].map(deviceTarget);
+export const deviceTargets: FuzzTarget[] = [blkSpec, rngSpec, consoleSpec, netSpec].map(deviceTarget);
