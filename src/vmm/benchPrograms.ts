@@ -35,7 +35,7 @@ import {
   waitUntil,
 } from '../device/index.js';
 import { VirtioError } from '../spec/index.js';
-import { type InterruptMode, MmioDriver } from '../transport/index.js';
+import type { InterruptMode } from '../transport/index.js';
 import type { GuestEnv } from './vcpu.js';
 import type { VmmDeviceOptions, VmmHost } from './vmmCore.js';
 
@@ -165,16 +165,7 @@ export interface NetRrInitArgs {
  */
 export function netRrInit(env: GuestEnv): string {
   const a = (env.args ?? {}) as NetRrInitArgs;
-  const d = env.device('net0');
-  const t = MmioDriver.probe(env.mmio('net0'), {
-    mem: env.mem,
-    dma: env.dma,
-    platform: env.platform,
-    irqLines: d.irqLines,
-    name: 'net0',
-    seed: d.seed,
-    interrupts: a.allow === undefined ? undefined : { allow: a.allow },
-  });
+  const t = env.probe('net0', { interrupts: a.allow === undefined ? undefined : { allow: a.allow } });
   if (t === null) throw new VirtioError('DEVICE_NOT_FOUND', 'net0 is empty');
   net = NetDriver.probe(t, { queuePairs: a.queuePairs ?? 1 });
   return String(t.interruptMode);
@@ -438,16 +429,7 @@ let blk: BlkDriver | null = null;
 /** Probes `blk0` (cascade limited to `args.allow`); returns the interrupt mode chosen. */
 export function blkFioInit(env: GuestEnv): string {
   const a = (env.args ?? {}) as NetRrInitArgs;
-  const d = env.device('blk0');
-  const t = MmioDriver.probe(env.mmio('blk0'), {
-    mem: env.mem,
-    dma: env.dma,
-    platform: env.platform,
-    irqLines: d.irqLines,
-    name: 'blk0',
-    seed: d.seed,
-    interrupts: a.allow === undefined ? undefined : { allow: a.allow },
-  });
+  const t = env.probe('blk0', { interrupts: a.allow === undefined ? undefined : { allow: a.allow } });
   if (t === null) throw new VirtioError('DEVICE_NOT_FOUND', 'blk0 is empty');
   blk = BlkDriver.probe(t);
   return String(t.interruptMode);

@@ -11,7 +11,7 @@
  */
 
 import type { GuestAllocator, RamMemory } from '../memory/index.js';
-import { FIRST_DEVICE_VECTOR, MSI_LAST_VECTOR, NUM_VECTORS } from '../platform/index.js';
+import { FIRST_DEVICE_VECTOR, MSI_LAST_VECTOR, NUM_VECTORS, type ProbeOptions } from '../platform/index.js';
 import { composeMsiMessage } from '../platform/msi.js';
 import { MmioReg, VirtioError } from '../spec/index.js';
 import type {
@@ -648,10 +648,11 @@ export interface GuestEnv {
   /** The device named `name`. @throws VirtioError `DEVICE_NOT_FOUND` */
   device(name: string): DeviceInfo;
   /**
-   * Probes device `name` with the guest MMIO driver over its trapped window (as `Machine.probe`).
+   * Probes device `name` with the guest MMIO driver over its trapped window (as `Machine.probe`,
+   * with the same options: by default the driver knows the seed profile when the device has it).
    * @throws VirtioError `DEVICE_NOT_FOUND`, and whatever `MmioDriver.probe` throws
    */
-  probe(name: string): MmioDriver | null;
+  probe(name: string, options?: ProbeOptions): MmioDriver | null;
 }
 
 /** A guest program: an exported function of a JavaScript module, run in a vCPU worker. */

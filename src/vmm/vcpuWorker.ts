@@ -75,7 +75,7 @@ async function run(req: RunRequest): Promise<void> {
     args: req.args,
     mmio: windowOf,
     device: deviceInfo,
-    probe: (name) => {
+    probe: (name, options = {}) => {
       const d = deviceInfo(name);
       return MmioDriver.probe(windowOf(name), {
         mem,
@@ -83,7 +83,8 @@ async function run(req: RunRequest): Promise<void> {
         platform,
         irqLines: d.irqLines,
         name,
-        seed: d.seed,
+        seed: options.seed ?? d.seed,
+        interrupts: options.interrupts,
       });
     },
   };
