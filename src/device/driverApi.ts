@@ -35,6 +35,37 @@ export interface QueueRequest {
   readonly callback: (() => void) | null;
   /** Queue size wanted; defaults to the device maximum (capped by the transport). */
   readonly size?: number;
+  /**
+   * The queue is serviced on another CPU, which allocated an interrupt vector there and handles
+   * it: a transport that gives each queue its own message-signalled vector programs this message
+   * for the queue instead of a vector of the probing CPU (Linux: the affinity of a per-queue MSI-X
+   * vector). Under shared routing (one vector or one line for every queue) `callback` still runs
+   * on the probing CPU and forwards the work.
+   */
+  readonly msiMessage?: MsiMessageData;
+}
+
+/** An MSI message as plain data (the transport's MsiMessage has the same shape). */
+export interface MsiMessageData {
+  /** Message address, low 32 bits. */
+  readonly addressLow: number;
+  /** Message address, high 32 bits. */
+  readonly addressHigh: number;
+  /** Message data. */
+  readonly data: number;
+}
+
+/**
+ * Where an available buffer notification for one queue goes, for code that notifies a queue
+ * set up by another CPU: a 32-bit write at `offset` of the device's register window, whose value
+ * is the queue index, or with `withData` (VIRTIO_F_NOTIFICATION_DATA) the index in bits 0..15 and
+ * the next available index in bits 16..31 (4.2.3.3).
+ */
+export interface NotifyLocation {
+  /** Window offset of the write. */
+  readonly offset: number;
+  /** The value carries notification data. */
+  readonly withData: boolean;
 }
 
 /**
@@ -77,6 +108,11 @@ export interface VirtioTransportDriver {
   deleteQueues(): void;
   /** Sends an available buffer notification for `queue`. */
   notify(queue: DriverQueue): void;
+  /**
+   * Where notifications of queue `index` (set up here) go, for a queue handed to another CPU.
+   * @throws VirtioError `INVALID_ARGUMENT` for a queue not set up
+   */
+  notifyLocation(index: number): NotifyLocation;
   /** Reads device configuration space. */
   readConfig(offset: number, width: 1 | 2 | 4): number;
   /** Writes device configuration space. */

@@ -28,7 +28,13 @@
  * @packageDocumentation
  */
 
-import { Features, type QueueRequest, type VirtioTransportDriver } from '../device/index.js';
+import {
+  Features,
+  type MsiMessageData,
+  type NotifyLocation,
+  type QueueRequest,
+  type VirtioTransportDriver,
+} from '../device/index.js';
 import type { GuestAllocator, GuestMemory } from '../memory/index.js';
 import {
   AVAIL_RING_ALIGN,
@@ -710,8 +716,14 @@ export class MmioDriver implements VirtioTransportDriver {
     const alloc = this.platform.msi as GuestMsiAllocator;
     const a = this.access;
     let withCallback = 0;
-    for (const r of requests) if (r.callback !== null) withCallback++;
-    const count = perQueue ? 1 + withCallback : withCallback > 0 ? 2 : 1;
+    let remote = 0;
+    for (const r of requests) {
+      if (r.callback !== null) withCallback++;
+      if (r.callback !== null && r.msiMessage !== undefined) remote++;
+    }
+    // Per queue: config + one CPU vector per queue with a callback, except queues serviced on
+    // another CPU (their message is given).
+    const count = perQueue ? 1 + withCallback - remote : withCallback > 0 ? 2 : 1;
     const vectors = alloc.allocMsiVectors(count);
     if (vectors === null || vectors.length !== count) {
       if (vectors !== null) alloc.freeMsiVectors(vectors);
@@ -769,6 +781,11 @@ export class MmioDriver implements VirtioTransportDriver {
           this.msiCommand(deviceVector, MsiCmd.MASK);
           continue;
         }
+        if (perQueue && r.msiMessage !== undefined) {
+          // Serviced on another CPU: its vector there, no handler here.
+          this.programMsiMessage(deviceVector, r.msiMessage);
+          continue;
+        }
         const cpuVector = perQueue ? vectors[next++] : vectors[1];
         if (perQueue) alloc.setMsiHandler(cpuVector, this.msiQueueHandler(r));
         this.programMsiVector(deviceVector, alloc, cpuVector);
@@ -780,8 +797,12 @@ export class MmioDriver implements VirtioTransportDriver {
 
   /** Latches the message of `cpuVector` into device vector `deviceVector` and unmasks it. */
   private programMsiVector(deviceVector: number, alloc: GuestMsiAllocator, cpuVector: number): void {
+    this.programMsiMessage(deviceVector, alloc.msiMessage(cpuVector));
+  }
+
+  /** Latches message `m` into device vector `deviceVector` and unmasks it. */
+  private programMsiMessage(deviceVector: number, m: MsiMessageData): void {
     const a = this.access;
-    const m = alloc.msiMessage(cpuVector);
     a.write32(SeedMmioReg.MsiVecSel, deviceVector);
     a.write32(SeedMmioReg.MsiAddrLow, m.addressLow);
     a.write32(SeedMmioReg.MsiAddrHigh, m.addressHigh);
@@ -1071,6 +1092,19 @@ export class MmioDriver implements VirtioTransportDriver {
    * next_wrap = bit 15). Allocation-free.
    * @throws VirtioError `INVALID_ARGUMENT` for a queue this driver did not set up
    */
+  /**
+   * Where notifications of queue `index` go: its notification offset (QueueNotify, or the seed's
+   * per-queue address) and whether the value carries notification data.
+   * @throws VirtioError `INVALID_ARGUMENT` for a queue this driver did not set up
+   */
+  notifyLocation(index: number): NotifyLocation {
+    const slot = this.byIndex.get(index);
+    if (slot === undefined || slot.queue === null) {
+      throw new VirtioError('INVALID_ARGUMENT', `${this.name}: queue ${String(index)} is not set up here`);
+    }
+    return { offset: slot.notifyOffset, withData: this.notificationData };
+  }
+
   notify(queue: DriverQueue): void {
     const slot = this.byIndex.get(queue.index);
     if (slot === undefined || slot.queue !== queue) {

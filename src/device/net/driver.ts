@@ -37,7 +37,6 @@ import {
   NetCtrlClass,
   NetCtrlMq,
   NetFeature,
-  NetHdr,
   NetStatus,
   VirtioError,
   VLAN_HLEN,
@@ -48,6 +47,7 @@ import {
   beginInit,
   failDevice,
   finishInit,
+  type MsiMessageData,
   type QueueRequest,
   readConfigConsistent,
   removeDevice,
@@ -55,6 +55,12 @@ import {
   waitUntil,
 } from '../driverApi.js';
 import { Features } from '../features.js';
+import {
+  type NetPairGeometry,
+  type NetPairHandoff,
+  type NetQueueHandoff,
+  NetQueuePair,
+} from './queuePair.js';
 
 /** Options of {@link NetDriver.probe}. */
 export interface NetDriverOptions {
@@ -71,6 +77,33 @@ export interface NetDriverOptions {
   queueSize?: number;
   /** Feature bits not to negotiate (for example `NetFeature.MRG_RXBUF`). */
   without?: readonly number[];
+  /**
+   * Transmit completions without interrupts (Linux virtio_net without tx napi): the transmit
+   * queues get no interrupt routing, their used buffer notifications are suppressed (2.7.7.1),
+   * and used slots are reclaimed at every send. Default false (reclaimed from the interrupt).
+   */
+  txReclaimOnSend?: boolean;
+  /**
+   * Pairs serviced on other vCPUs (one pair per vCPU): set up here, but their buffers are posted
+   * by a {@link NetPairDriver} there after {@link NetDriver.handoff}. Pair 0 stays here.
+   */
+  remotePairs?: readonly NetRemotePair[];
+}
+
+/** A pair another vCPU services (see {@link NetDriverOptions.remotePairs}). */
+export interface NetRemotePair {
+  /** Pair number, at least 1. */
+  readonly pair: number;
+  /**
+   * Called on this vCPU when the pair's queues have new used buffers and their interrupt came
+   * here (one shared vector or line for every queue): forwards the work, typically an IPI to the
+   * vCPU that services the pair.
+   */
+  readonly forward: () => void;
+  /** With per-queue MSI: the message raising the servicing vCPU's vector for the receive queue. */
+  readonly rxMsi?: MsiMessageData;
+  /** With per-queue MSI: the message for the transmit queue (unused with `txReclaimOnSend`). */
+  readonly txMsi?: MsiMessageData;
 }
 
 /** Counters of a {@link NetDriver}. */
@@ -115,22 +148,15 @@ const NET_WANTED = [
 /** Bytes of the control buffer: class, command, up to 60 bytes of data, then the ack. */
 const CTRL_DATA_MAX = 60;
 
-/** Per pair receive state. */
-interface RxPair {
-  queue: DriverQueue<number>;
-  /** DMA base of `size` buffers. */
-  base: number;
-  /** A frame spanning several buffers whose later buffers are not used yet. */
-  parts: Uint8Array[];
-  partBytes: number;
-  remaining: number;
-}
-
-/** Per pair transmit state. */
-interface TxPair {
-  queue: DriverQueue<number>;
-  base: number;
-  free: number[];
+/** A pair set up here and serviced on another vCPU. */
+interface RemoteState {
+  readonly spec: NetRemotePair;
+  readonly rx: DriverQueue<number>;
+  readonly tx: DriverQueue<number>;
+  /** used.idx of each queue when the work was last forwarded. */
+  rxSeen: number;
+  txSeen: number;
+  handedOff: boolean;
 }
 
 /** The guest side of a network device. */
@@ -156,8 +182,10 @@ export class NetDriver {
 
   private link = true;
   private pairsInUse = 1;
-  private rx: RxPair[] = [];
-  private tx: TxPair[] = [];
+  /** Pairs serviced here (null: serviced on another vCPU). */
+  private pairs: Array<NetQueuePair | null> = [];
+  private readonly remote = new Map<number, RemoteState>();
+  private readonly txReclaimOnSend: boolean;
   private ctrlQueue: DriverQueue<number> | null = null;
   private ctrlBuf = -1;
   private ctrlDone = false;
@@ -166,14 +194,14 @@ export class NetDriver {
   private needsReset = false;
   private failure: string | null = null;
   private removed = false;
-  private readonly slotBytes: number;
-  private readonly hdrZero: Uint8Array;
+  private readonly geometry: NetPairGeometry;
 
   private constructor(
     t: VirtioTransportDriver,
     features: Features,
     c: { mac: Uint8Array; mtu: number; maxPairs: number; status: number },
     rxBufferSize: number,
+    txReclaimOnSend: boolean,
   ) {
     this.transport = t;
     this.features = features;
@@ -187,8 +215,13 @@ export class NetDriver {
     this.maxQueuePairs = c.maxPairs;
     this.rxBufferSize = rxBufferSize;
     this.link = !features.has(NetFeature.STATUS) || (c.status & NetStatus.LINK_UP) !== 0;
-    this.slotBytes = this.hdrLen + this.maxFrame;
-    this.hdrZero = new Uint8Array(this.hdrLen);
+    this.txReclaimOnSend = txReclaimOnSend;
+    this.geometry = {
+      hdrLen: this.hdrLen,
+      mergeable: features.has(NetFeature.MRG_RXBUF),
+      rxBufferSize,
+      maxFrame: this.maxFrame,
+    };
     this.stats = {
       txFrames: 0,
       txBytes: 0,
@@ -247,14 +280,41 @@ export class NetDriver {
       ) {
         throw new VirtioError('INVALID_ARGUMENT', `net: receive buffer size ${String(bufSize)} is too small`);
       }
-      d = new NetDriver(t, features, c, bufSize);
+      const reclaimOnSend = options.txReclaimOnSend ?? false;
+      d = new NetDriver(t, features, c, bufSize, reclaimOnSend);
       const driver = d;
       t.onConfigChange(() => driver.configChanged());
       const pairs = Math.min(c.maxPairs, cap);
+      const remote = new Map<number, NetRemotePair>();
+      for (const r of options.remotePairs ?? []) {
+        if (!Number.isInteger(r.pair) || r.pair < 1 || r.pair >= pairs || remote.has(r.pair)) {
+          throw new VirtioError(
+            'INVALID_ARGUMENT',
+            `net: remote pair ${String(r.pair)} not in 1..${String(pairs - 1)} or given twice`,
+          );
+        }
+        remote.set(r.pair, r);
+      }
       const requests: QueueRequest[] = [];
       for (let p = 0; p < pairs; p++) {
-        requests.push({ index: 2 * p, callback: () => driver.harvestRx(p), size: options.queueSize });
-        requests.push({ index: 2 * p + 1, callback: () => driver.reclaim(p), size: options.queueSize });
+        const r = remote.get(p);
+        if (r === undefined) {
+          requests.push({ index: 2 * p, callback: () => driver.harvestRx(p), size: options.queueSize });
+          requests.push({
+            index: 2 * p + 1,
+            callback: reclaimOnSend ? null : () => driver.reclaim(p),
+            size: options.queueSize,
+          });
+        } else {
+          const forward = (): void => driver.forward(p);
+          requests.push({ index: 2 * p, callback: forward, size: options.queueSize, msiMessage: r.rxMsi });
+          requests.push({
+            index: 2 * p + 1,
+            callback: reclaimOnSend ? null : forward,
+            size: options.queueSize,
+            msiMessage: r.txMsi,
+          });
+        }
       }
       if (features.has(NetFeature.CTRL_VQ)) {
         // 5.1.2: the control queue is the last one: 2N with MQ, else 2.
@@ -262,30 +322,41 @@ export class NetDriver {
       }
       const queues = t.setupQueues(requests) as DriverQueue<number>[];
       const dma = t.dma;
+      const kick = (q: DriverQueue<number>): void => t.notify(q);
       for (let p = 0; p < pairs; p++) {
         const rq = queues[2 * p];
         const tq = queues[2 * p + 1];
-        driver.rx.push({
-          queue: rq,
-          base: dma.alloc(rq.size * bufSize, 64),
-          parts: [],
-          partBytes: 0,
-          remaining: 0,
-        });
-        const free: number[] = [];
-        for (let i = tq.size - 1; i >= 0; i--) free.push(i);
-        driver.tx.push({ queue: tq, base: dma.alloc(tq.size * driver.slotBytes, 64), free });
-        driver.stats.rxPerPair.push(0);
-        driver.stats.txPerPair.push(0);
+        const r = remote.get(p);
+        if (r !== undefined) {
+          // The servicing vCPU posts its own buffers after the handoff; nothing is posted here.
+          if (reclaimOnSend) tq.disableCallbacks();
+          driver.remote.set(p, { spec: r, rx: rq, tx: tq, rxSeen: 0, txSeen: 0, handedOff: false });
+          driver.pairs.push(null);
+          driver.stats.rxPerPair.push(0);
+          driver.stats.txPerPair.push(0);
+          continue;
+        }
+        driver.pairs.push(
+          new NetQueuePair(
+            t.mem,
+            dma,
+            p,
+            rq,
+            tq,
+            driver.geometry,
+            driver.stats,
+            (f) => driver.inbox.push(f),
+            kick,
+            reclaimOnSend,
+          ),
+        );
       }
       if (features.has(NetFeature.CTRL_VQ)) {
         driver.ctrlQueue = queues[2 * pairs];
         driver.ctrlBuf = dma.alloc(CTRL_DATA_MAX + 4, 16);
       }
       // 3.1.1 step 7: populate the receive queues before DRIVER_OK (no kick before DRIVER_OK).
-      for (const r of driver.rx) {
-        for (let i = 0; i < r.queue.size; i++) driver.postRx(r, i);
-      }
+      for (const q of driver.pairs) q?.fill();
       finishInit(t);
     } catch (e) {
       if (d !== null) d.abort();
@@ -298,7 +369,7 @@ export class NetDriver {
       }
       throw e;
     }
-    const want = Math.min(wantedPairs, d.rx.length);
+    const want = Math.min(wantedPairs, d.pairs.length);
     if (want > 1) d.setQueuePairs(want);
     return d;
   }
@@ -342,11 +413,10 @@ export class NetDriver {
 
   private release(): void {
     const dma = this.transport.dma;
-    for (const r of this.rx) dma.release(r.base);
-    for (const x of this.tx) dma.release(x.base);
+    for (const q of this.pairs) q?.release(dma);
     if (this.ctrlBuf >= 0) dma.release(this.ctrlBuf);
-    this.rx = [];
-    this.tx = [];
+    this.pairs = [];
+    this.remote.clear();
     this.ctrlQueue = null;
     this.ctrlBuf = -1;
   }
@@ -358,7 +428,7 @@ export class NetDriver {
 
   /** Pairs set up. */
   get queuePairs(): number {
-    return this.rx.length;
+    return this.pairs.length;
   }
 
   /** Pairs the device was told to use. */
@@ -390,84 +460,63 @@ export class NetDriver {
     }
   }
 
-  /** Posts receive buffer `i` of `r`. */
-  private postRx(r: RxPair, i: number): void {
-    r.queue.add([], [{ addr: r.base + i * this.rxBufferSize, len: this.rxBufferSize }], i);
-  }
-
-  /** Harvests the used receive buffers of pair `p`, copies the frames out and posts the buffers again. */
+  /** Harvests the used receive buffers of pair `p` (its receive interrupt). */
   private harvestRx(p: number): void {
-    const r = this.rx[p];
-    if (r === undefined) return;
-    const q = r.queue;
-    const mem = this.transport.mem;
-    const hdrLen = this.hdrLen;
-    let posted = false;
-    for (let u = q.getUsed(); u !== null; u = q.getUsed()) {
-      const addr = r.base + u.token * this.rxBufferSize;
-      const len = u.len;
-      if (r.remaining > 0) {
-        // A later buffer of a merged frame: all of it is frame data.
-        if (r.partBytes + len > this.maxFrame) {
-          this.stats.rxErrors++;
-          r.remaining = 0;
-          r.parts = [];
-          r.partBytes = 0;
-        } else {
-          const part = new Uint8Array(len);
-          mem.readBytes(addr, part);
-          r.parts.push(part);
-          r.partBytes += len;
-          if (--r.remaining === 0) this.finishMerged(r, p);
-        }
-      } else if (len < hdrLen + ETH_HLEN) {
-        // Linux: "rx error: len %u too small".
-        this.stats.rxErrors++;
-      } else {
-        const nbufs = this.features.has(NetFeature.MRG_RXBUF) ? mem.read16(addr + NetHdr.numBuffers) : 1;
-        if (nbufs < 1 || nbufs > q.size) {
-          this.stats.rxErrors++;
-        } else {
-          const part = new Uint8Array(len - hdrLen);
-          mem.readBytes(addr + hdrLen, part);
-          if (nbufs === 1) this.deliver(part, p);
-          else {
-            r.parts = [part];
-            r.partBytes = part.length;
-            r.remaining = nbufs - 1;
-          }
-        }
-      }
-      this.postRx(r, u.token);
-      posted = true;
-    }
-    if (posted && q.kickPrepare()) this.transport.notify(q);
+    this.pairs[p]?.harvestRx();
   }
 
-  private finishMerged(r: RxPair, p: number): void {
-    const frame = new Uint8Array(r.partBytes);
-    let off = 0;
-    for (const part of r.parts) {
-      frame.set(part, off);
-      off += part.length;
-    }
-    r.parts = [];
-    r.partBytes = 0;
-    this.deliver(frame, p);
-  }
-
-  private deliver(frame: Uint8Array, p: number): void {
-    this.stats.rxFrames++;
-    this.stats.rxBytes += frame.length;
-    this.stats.rxPerPair[p]++;
-    this.inbox.push(frame);
-  }
-
-  /** Reclaims the used transmit slots of pair `p`. */
+  /** Reclaims the used transmit slots of pair `p` (its transmit interrupt). */
   private reclaim(p: number): void {
-    const x = this.tx[p];
-    if (x === undefined) return;
-    for (let u = x.queue.getUsed(); u !== null; u = x.queue.getUsed()) x.free.push(u.token);
+    this.pairs[p]?.reclaim();
+  }
+
+  /**
+   * Interrupt for a pair serviced elsewhere, arriving here on a shared vector or line: forwards
+   * when either queue's used index moved since the last forward (Linux `vring_interrupt`'s
+   * "more used" check), so interrupts of other queues cost the other vCPU nothing.
+   */
+  private forward(p: number): void {
+    const r = this.remote.get(p);
+    if (r === undefined || !r.handedOff) return;
+    const mem = this.transport.mem;
+    const rxIdx = mem.read16(r.rx.rings.usedRing + 2);
+    const txIdx = mem.read16(r.tx.rings.usedRing + 2);
+    if (rxIdx === r.rxSeen && txIdx === r.txSeen) return;
+    r.rxSeen = rxIdx;
+    r.txSeen = txIdx;
+    r.spec.forward();
+  }
+
+  /**
+   * The plain-data description of remote pair `pair` for the {@link NetPairDriver} that will
+   * service it on another vCPU. Call once, after probe; from then on that vCPU owns the pair's
+   * rings (this driver only forwards shared interrupts to it).
+   * @throws VirtioError `INVALID_ARGUMENT` for a pair not declared in `remotePairs`;
+   *   `INVALID_STATE` when it was already handed off
+   */
+  handoff(pair: number): NetPairHandoff {
+    this.checkUsable();
+    const r = this.remote.get(pair);
+    if (r === undefined) throw new VirtioError('INVALID_ARGUMENT', `net: pair ${String(pair)} is not remote`);
+    if (r.handedOff) throw new VirtioError('INVALID_STATE', `net: pair ${String(pair)} already handed off`);
+    r.handedOff = true;
+    const t = this.transport;
+    const eventIdx = this.features.has(FeatureBit.EVENT_IDX);
+    const q = (dq: DriverQueue<number>): NetQueueHandoff => ({
+      index: dq.index,
+      size: dq.size,
+      rings: { ...dq.rings },
+      eventIdx,
+      notify: t.notifyLocation(dq.index),
+    });
+    return {
+      pair,
+      rx: q(r.rx),
+      tx: q(r.tx),
+      geometry: this.geometry,
+      mac: Array.from(this.mac),
+      txReclaimOnSend: this.txReclaimOnSend,
+    };
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -478,8 +527,7 @@ export class NetDriver {
     if (this.removed) throw new VirtioError('INVALID_STATE', 'net: driver removed');
     if (this.failure !== null) throw new VirtioError('DEVICE_FAILED', `net: ${this.failure}`);
     let reason: string | null = this.needsReset ? 'device needs reset' : null;
-    for (const r of this.rx) if (reason === null && r.queue.broken !== null) reason = r.queue.broken;
-    for (const x of this.tx) if (reason === null && x.queue.broken !== null) reason = x.queue.broken;
+    for (const q of this.pairs) if (reason === null && q !== null) reason = q.broken;
     if (reason === null && this.ctrlQueue?.broken != null) reason = this.ctrlQueue.broken;
     if (reason !== null) {
       this.failure = reason;
@@ -497,8 +545,8 @@ export class NetDriver {
    */
   send(frame: Uint8Array, pair = 0, kick = true): boolean {
     this.checkUsable();
-    const x = this.tx[pair];
-    if (!Number.isInteger(pair) || x === undefined || pair >= this.pairsInUse) {
+    const x = this.pairs[pair];
+    if (!Number.isInteger(pair) || x === undefined || x === null || pair >= this.pairsInUse) {
       throw new VirtioError('INVALID_ARGUMENT', `net: pair ${String(pair)} is not in use`);
     }
     if (frame.length < ETH_HLEN || frame.length > this.maxFrame) {
@@ -511,33 +559,12 @@ export class NetDriver {
       this.stats.txLinkDown++;
       return false;
     }
-    if (x.free.length === 0) this.reclaim(pair);
-    const slot = x.free.pop();
-    if (slot === undefined) {
-      this.stats.txRingFull++;
-      return false;
-    }
-    const mem = this.transport.mem;
-    const addr = x.base + slot * this.slotBytes;
-    // 5.1.6.2: flags 0, gso_type GSO_NONE; 5.1.6.2.1 "The driver MUST set num_buffers to zero".
-    mem.writeBytes(addr, this.hdrZero);
-    mem.writeBytes(addr + this.hdrLen, frame);
-    if (!x.queue.add([{ addr, len: this.hdrLen + frame.length }], [], slot)) {
-      x.free.push(slot);
-      this.stats.txRingFull++;
-      return false;
-    }
-    this.stats.txFrames++;
-    this.stats.txBytes += frame.length;
-    this.stats.txPerPair[pair]++;
-    if (kick && x.queue.kickPrepare()) this.transport.notify(x.queue);
-    return true;
+    return x.send(frame, kick);
   }
 
   /** Notifies the device of frames queued with `kick` false on `pair` (if it wants a notification). */
   flush(pair = 0): void {
-    const x = this.tx[pair];
-    if (x?.queue.kickPrepare()) this.transport.notify(x.queue);
+    this.pairs[pair]?.flush();
   }
 
   /**
@@ -548,9 +575,10 @@ export class NetDriver {
    */
   poll(): number {
     this.checkUsable();
-    for (let p = 0; p < this.rx.length; p++) {
-      this.harvestRx(p);
-      this.reclaim(p);
+    for (const q of this.pairs) {
+      if (q === null) continue;
+      q.harvestRx();
+      q.reclaim();
     }
     this.checkUsable();
     return this.inbox.length;
@@ -616,10 +644,10 @@ export class NetDriver {
     if (!this.features.has(NetFeature.MQ) || this.ctrlQueue === null) {
       throw new VirtioError('INVALID_STATE', 'net: multiqueue is not negotiated');
     }
-    if (!Number.isInteger(n) || n < 1 || n > this.rx.length) {
+    if (!Number.isInteger(n) || n < 1 || n > this.pairs.length) {
       throw new VirtioError(
         'INVALID_ARGUMENT',
-        `net: queue pairs ${String(n)} not in 1..${String(this.rx.length)}`,
+        `net: queue pairs ${String(n)} not in 1..${String(this.pairs.length)}`,
       );
     }
     const ack = this.command(NetCtrlClass.MQ, NetCtrlMq.VQ_PAIRS_SET, Uint8Array.of(n & 0xff, n >>> 8));

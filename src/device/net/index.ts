@@ -9,3 +9,4 @@ export * from './device.js';
 export * from './driver.js';
 export * from './hostPeer.js';
 export * from './packet.js';
+export * from './queuePair.js';
