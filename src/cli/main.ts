@@ -10,7 +10,7 @@ import { Command } from 'commander';
 import { printQemuCheck } from '../peers/qemu/index.js';
 import { printLinuxCheck } from '../peers/v86/index.js';
 import { runBench } from './bench/index.js';
-import { formatSeedsTable, runSeedsBench } from './bench/seeds/index.js';
+import { formatSeedsTable, runSeedsBench, SEEDS_WORKLOADS, type SeedsWorkload } from './bench/seeds/index.js';
 import { openConsoleBackend, runConsoleEcho } from './console.js';
 import { runDemo } from './demo.js';
 
@@ -33,41 +33,49 @@ program
 program
   .command('bench')
   .description(
-    "the seeds' measurements on the threaded runtime: request/response and 4 KiB block I/O in every interrupt and notification mode, beside the ideal bound",
+    "the seeds' measurements on the threaded runtime: request/response (one flow; two flows on two vCPUs with one or two queue pairs) and 4 KiB block I/O in every interrupt and notification mode, beside the ideal bound",
   )
   .option('--quick', 'the sub-minute headline run', false)
   .option('--json <file>', 'write the results as JSON to this file')
   .option('--out <dir>', 'write results.json, SVG charts and report.md into this directory')
   .option('--no-progress', 'no progress bar')
-  .action(async (opts: { quick: boolean; json?: string; out?: string; progress: boolean }) => {
-    const bar =
-      opts.progress && process.stderr.isTTY
-        ? new SingleBar(
-            { format: ' {bar} {value}/{total} {label}', stream: process.stderr },
-            Presets.shades_classic,
-          )
-        : null;
-    let started = false;
-    const result = await runSeedsBench({
-      quick: opts.quick,
-      json: opts.json,
-      out: opts.out,
-      onProgress: (p) => {
-        if (bar === null) {
-          if (p.done < p.total) console.error(`[${p.done + 1}/${p.total}] ${p.label}`);
-          return;
-        }
-        if (!started) {
-          bar.start(p.total, p.done, { label: p.label });
-          started = true;
-        } else bar.update(p.done, { label: p.label });
-      },
-    });
-    bar?.stop();
-    for (const line of formatSeedsTable(result)) console.log(line);
-    if (opts.json !== undefined) console.log(`results written to ${opts.json}`);
-    if (opts.out !== undefined) console.log(`report written to ${opts.out}/report.md`);
-  });
+  .option(
+    '--workloads <list>',
+    `comma-separated subset of ${SEEDS_WORKLOADS.join(',')}`,
+    SEEDS_WORKLOADS.join(','),
+  )
+  .action(
+    async (opts: { quick: boolean; json?: string; out?: string; progress: boolean; workloads: string }) => {
+      const bar =
+        opts.progress && process.stderr.isTTY
+          ? new SingleBar(
+              { format: ' {bar} {value}/{total} {label}', stream: process.stderr },
+              Presets.shades_classic,
+            )
+          : null;
+      let started = false;
+      const result = await runSeedsBench({
+        quick: opts.quick,
+        workloads: opts.workloads.split(',').map((w) => w.trim()) as SeedsWorkload[],
+        json: opts.json,
+        out: opts.out,
+        onProgress: (p) => {
+          if (bar === null) {
+            if (p.done < p.total) console.error(`[${p.done + 1}/${p.total}] ${p.label}`);
+            return;
+          }
+          if (!started) {
+            bar.start(p.total, p.done, { label: p.label });
+            started = true;
+          } else bar.update(p.done, { label: p.label });
+        },
+      });
+      bar?.stop();
+      for (const line of formatSeedsTable(result)) console.log(line);
+      if (opts.json !== undefined) console.log(`results written to ${opts.json}`);
+      if (opts.out !== undefined) console.log(`report written to ${opts.out}/report.md`);
+    },
+  );
 
 program
   .command('micro')

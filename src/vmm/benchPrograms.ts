@@ -156,6 +156,11 @@ export interface NetRrInitArgs {
   readonly allow?: readonly InterruptMode[];
   /** Queue pairs to use (default 1). */
   readonly queuePairs?: number;
+  /**
+   * Transmit completions reclaimed at the next send, with no transmit interrupt (default true:
+   * Linux virtio_net's path without tx napi; false takes an interrupt per transmitted frame).
+   */
+  readonly txReclaimOnSend?: boolean;
 }
 
 /**
@@ -167,7 +172,7 @@ export function netRrInit(env: GuestEnv): string {
   const a = (env.args ?? {}) as NetRrInitArgs;
   const t = env.probe('net0', { interrupts: a.allow === undefined ? undefined : { allow: a.allow } });
   if (t === null) throw new VirtioError('DEVICE_NOT_FOUND', 'net0 is empty');
-  net = NetDriver.probe(t, { queuePairs: a.queuePairs ?? 1 });
+  net = NetDriver.probe(t, { queuePairs: a.queuePairs ?? 1, txReclaimOnSend: a.txReclaimOnSend ?? true });
   return String(t.interruptMode);
 }
 

@@ -1,7 +1,8 @@
 /**
  * Charts of the seeds' benchmark, drawn with Vega-Lite (compiled to Vega, rendered to SVG in Node
  * without a browser): trans/s per mode beside the ideal bound, exits / doorbells / interrupts per
- * transaction, the latency distribution, and block IOPS per queue depth.
+ * transaction, the latency distribution, the multiqueue comparison, and block IOPS per queue
+ * depth.
  *
  * @packageDocumentation
  */
@@ -116,6 +117,34 @@ export function seedsChartSpecs(result: SeedsBenchResult): Array<SeedsChart & { 
           color: { field: 'p', type: 'nominal', title: null },
           shape: { field: 'p', type: 'nominal' },
         },
+      },
+    });
+  }
+  const mq = result.results.filter((e) => e.workload === 'rr-mq');
+  if (mq.length > 0) {
+    const counts = mq.flatMap((e) => [
+      { mode: e.mode, what: 'trans/s (thousands)', value: e.value / 1000 },
+      { mode: e.mode, what: 'synchronous exits', value: e.exits },
+      { mode: e.mode, what: 'interrupts', value: e.interrupts },
+      { mode: e.mode, what: 'forwarding IPIs', value: e.ipis ?? 0 },
+    ]);
+    out.push({
+      file: 'mq.svg',
+      title:
+        'Multiqueue, 2 vCPUs, 2 flows: trans/s (thousands) and per transaction exits, interrupts, forwarding IPIs',
+      spec: {
+        $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+        title: 'two flows on two vCPUs: one or two queue pairs, interrupt routing',
+        width: 520,
+        config: WIDE_LABELS,
+        data: { values: counts },
+        mark: 'bar',
+        encoding: {
+          row: { field: 'what', type: 'nominal', title: null },
+          y: { field: 'mode', type: 'nominal', sort: mq.map((e) => e.mode), title: null },
+          x: { field: 'value', type: 'quantitative', title: null },
+        },
+        resolve: { scale: { x: 'independent' } },
       },
     });
   }

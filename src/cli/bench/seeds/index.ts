@@ -8,6 +8,7 @@
  */
 export * from './charts.js';
 export * from './modes.js';
+export * from './mq.js';
 export * from './report.js';
 export * from './results.js';
 export * from './run.js';

@@ -27,6 +27,8 @@ export const SEEDS_MSI_OVER_LINE = 9500 / 7029;
 /** Table titles per workload. */
 const WORKLOAD_TITLES: Record<string, string> = {
   rr: 'rr: request/response 32/1024 B (netperf TCP_RR-like), trans/s; counts per transaction',
+  'rr-mq':
+    'rr-mq: two such flows on two vCPUs, one or two queue pairs, trans/s summed; counts per transaction (both vCPUs), ipis = completions forwarded to the other vCPU',
   'blk-qd1': 'blk-qd1: 4 KiB random read/write 50/50, queue depth 1 (fio-like), IOPS; counts per I/O',
   'blk-qd32': 'blk-qd32: 4 KiB random read/write 50/50, queue depth 32 (fio-like), IOPS; counts per I/O',
 };
@@ -53,6 +55,8 @@ function rows(entries: readonly SeedsResultEntry[], ideal: number | undefined): 
   const head = ['mode'];
   for (let i = 0; i < runs; i++) head.push(`run ${i + 1}`);
   head.push('median', '/ideal', 'exits', 'doorbells', 'irqs', 'handler', 'hlt', 'p50 us', 'p99 us', 'cores');
+  const withIpis = entries.some((e) => e.ipis !== undefined);
+  if (withIpis) head.push('ipis');
   const out = [head];
   for (const e of entries) {
     const r = [e.mode];
@@ -69,6 +73,7 @@ function rows(entries: readonly SeedsResultEntry[], ideal: number | undefined): 
       dec(e.latencyUs.p99, 1),
       dec(e.cpuCores),
     );
+    if (withIpis) r.push(dec(e.ipis ?? Number.NaN));
     out.push(r);
   }
   return out;
@@ -111,7 +116,9 @@ export function formatSeedsTable(result: SeedsBenchResult): string[] {
   lines.push(
     `blkMsiOverLine (msi posted / line-v2 posted, IOPS): QD1 ${ratioText(q.blkMsiOverLineQd1)}, QD32 ${ratioText(q.blkMsiOverLineQd32)}   Kata: +34 % (1.34x)`,
   );
-  lines.push(`perQueueOverShared: ${ratioText(q.perQueueOverShared)}`);
+  lines.push(
+    `perQueueOverShared (2 pairs msi trapped / 2 pairs line-v2 trapped): ${ratioText(q.perQueueOverShared)}   target: > 1`,
+  );
   lines.push(
     `seeds (KVM, trans/s): virtio-pci ${SEEDS_REFERENCE['virtio-pci'].join('/')}, virtio-mmio ${SEEDS_REFERENCE['virtio-mmio'].join('/')}, virtio-mmio+MSI ${SEEDS_REFERENCE['virtio-mmio+MSI'].join('/')}`,
   );

@@ -64,7 +64,10 @@ export interface LatencyUs {
 
 /** One workload in one mode. Counts are per operation (transaction), over every timed run. */
 export interface SeedsResultEntry {
-  /** `rr` (request/response 32/1024), `blk-qd1` / `blk-qd32` (4 KiB random read/write). */
+  /**
+   * `rr` (request/response 32/1024), `rr-mq` (two such flows on two vCPUs, one or two queue
+   * pairs), `blk-qd1` / `blk-qd32` (4 KiB random read/write).
+   */
   readonly workload: string;
   /** Mode name (see docs/benchmarks.md), or `ideal` for the no-device bound. */
   readonly mode: string;
@@ -99,6 +102,11 @@ export interface SeedsResultEntry {
   readonly interruptMode: string;
   /** Operations timed over all runs. */
   readonly operations: number;
+  /**
+   * Inter-processor interrupts sent per operation (`rr-mq`: completions of a pair whose
+   * interrupt landed on the other vCPU, forwarded to the vCPU that services it). Absent elsewhere.
+   */
+  readonly ipis?: number;
 }
 
 /** The ratios that answer the seeds' claims (null when a side did not run). */
@@ -115,7 +123,10 @@ export interface SeedsRatios {
   readonly blkMsiOverLineQd1: number | null;
   /** The same at queue depth 32. */
   readonly blkMsiOverLineQd32: number | null;
-  /** Multiqueue: per-queue vectors over one shared line, 2 queue pairs on 2 vCPUs (null: not run). */
+  /**
+   * Multiqueue: `2 pairs msi trapped` over `2 pairs line-v2 trapped` (per-queue vectors over one
+   * shared line, 2 queue pairs on 2 vCPUs; null: not run).
+   */
   readonly perQueueOverShared: number | null;
 }
 
@@ -161,7 +172,7 @@ export function computeRatios(results: readonly SeedsResultEntry[]): SeedsRatios
     bestMode: best === null || rr('ideal') === undefined ? null : best.mode,
     blkMsiOverLineQd1: ratio(blk(1, 'msi posted'), blk(1, 'line-v2 posted')),
     blkMsiOverLineQd32: ratio(blk(32, 'msi posted'), blk(32, 'line-v2 posted')),
-    perQueueOverShared: ratio(mq('2 pairs msi'), mq('2 pairs line')),
+    perQueueOverShared: ratio(mq('2 pairs msi trapped'), mq('2 pairs line-v2 trapped')),
   };
 }
 

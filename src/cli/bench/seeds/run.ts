@@ -14,6 +14,7 @@ import { MmioReg, VirtioError } from '../../../spec/index.js';
 import type { RrRunResult } from '../../../vmm/benchPrograms.js';
 import { type ModuleRef, ThreadedVm, type VcpuStats, vmmModule } from '../../../vmm/index.js';
 import { BLK_QUEUE_DEPTHS, blkModes, type RrMode, rrModes } from './modes.js';
+import { measureMqMode, mqModes } from './mq.js';
 import { writeSeedsOutputs } from './report.js';
 import {
   computeRatios,
@@ -45,7 +46,10 @@ export interface SeedsBenchOptions {
   readonly out?: string;
   /** Called before each step and once at the end (for a progress bar). */
   readonly onProgress?: (p: SeedsProgress) => void;
-  /** Workloads to run (default both: `rr` request/response, `blk` 4 KiB random I/O at QD1 and QD32). */
+  /**
+   * Workloads to run (default all: `rr` request/response, `mq` two flows on two vCPUs with one or
+   * two queue pairs, `blk` 4 KiB random I/O at QD1 and QD32).
+   */
   readonly workloads?: readonly SeedsWorkload[];
   /** Only these modes (by name, every workload; `ideal` is always measured with `rr`). Default: all of the run. */
   readonly modes?: readonly string[];
@@ -88,7 +92,7 @@ export function seedsConfig(options: Pick<SeedsBenchOptions, 'quick' | 'override
     requestSize: 32,
     responseSize: 1024,
     wait: { vcpuSpin: o.wait?.vcpuSpin ?? 0, vmmSpin: o.wait?.vmmSpin ?? 0 },
-    workloads: ['rr', 'blk'],
+    workloads: ['rr', 'mq', 'blk'],
   };
 }
 
@@ -361,7 +365,10 @@ export async function measureRrIdeal(config: SeedsConfig): Promise<SeedsResultEn
 }
 
 /** Workloads {@link runSeedsBench} can run. */
-export type SeedsWorkload = 'rr' | 'blk';
+export type SeedsWorkload = 'rr' | 'mq' | 'blk';
+
+/** Every {@link SeedsWorkload}, in run order. */
+export const SEEDS_WORKLOADS: readonly SeedsWorkload[] = ['rr', 'mq', 'blk'];
 
 /**
  * Runs the seeds' benchmark and returns the result (and writes it when `json` / `out` are given).
@@ -369,30 +376,36 @@ export type SeedsWorkload = 'rr' | 'blk';
  * @throws VirtioError `INVALID_ARGUMENT` for an unknown mode or workload name
  */
 export async function runSeedsBench(options: SeedsBenchOptions): Promise<SeedsBenchResult> {
-  const workloads = options.workloads ?? ['rr', 'blk'];
+  const workloads = options.workloads ?? SEEDS_WORKLOADS;
   for (const w of workloads) {
-    if (w !== 'rr' && w !== 'blk')
+    if (!SEEDS_WORKLOADS.includes(w))
       throw new VirtioError('INVALID_ARGUMENT', `unknown bench workload ${String(w)}`);
   }
   const config = { ...seedsConfig(options), workloads: workloads.slice() };
   const machine = seedsMachine();
   let modes = rrModes(options.quick);
   let blk = blkModes();
+  let mq = mqModes(options.quick);
   if (options.modes !== undefined) {
     const wanted = new Set(options.modes);
-    const known = new Set(rrModes(false).map((m) => m.name));
+    const known = new Set([...rrModes(false), ...mqModes(false)].map((m) => m.name));
     for (const m of wanted) {
       if (m !== 'ideal' && !known.has(m))
         throw new VirtioError('INVALID_ARGUMENT', `unknown bench mode ${m}`);
     }
     modes = rrModes(false).filter((m) => wanted.has(m.name));
     blk = blk.filter((m) => wanted.has(m.name));
+    mq = mqModes(false).filter((m) => wanted.has(m.name));
   }
   const steps: Array<{ label: string; run: () => Promise<SeedsResultEntry> }> = [];
   if (workloads.includes('rr')) {
     steps.push({ label: 'rr ideal', run: () => measureRrIdeal(config) });
     for (const mode of modes)
       steps.push({ label: `rr ${mode.name}`, run: () => measureRrMode(mode, config) });
+  }
+  if (workloads.includes('mq')) {
+    for (const mode of mq)
+      steps.push({ label: `rr-mq ${mode.name}`, run: () => measureMqMode(mode, config) });
   }
   if (workloads.includes('blk')) {
     for (const qd of BLK_QUEUE_DEPTHS) {
