@@ -68,5 +68,7 @@ export function serveQueue(
     }
   }
   if (used) ctx.notifyUsed(index);
+  // Buffers left: ask the host for another pass later rather than strand them.
+  if (outcome === ServeOutcome.DEFERRED) ctx.defer?.(index);
   return outcome;
 }

@@ -35,6 +35,14 @@ export interface DeviceContext {
    * configuration change notification (2.1.2). The queue stays stopped until the driver resets.
    */
   queueFailed(index: number, error: QueueError): void;
+  /**
+   * The device stopped serving queue `index` with buffers still available (work per notification
+   * is bounded): the host delivers another notification for it later, as if the driver had
+   * kicked. Needed because the device had already re-enabled notifications, so the driver, which
+   * published those buffers before it saw that, will not kick for them (2.7.10). Optional: a host
+   * that never serves a queue concurrently with its driver never sees a deferral.
+   */
+  defer?(index: number): void;
 }
 
 /**

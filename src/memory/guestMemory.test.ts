@@ -92,3 +92,15 @@ describe('RamMemory', () => {
     expect(m.view(30, 4)).toBeNull();
   });
 });
+
+describe('RamMemory.fence', () => {
+  it('is a no-op on private memory and leaves shared memory contents alone', () => {
+    for (const buf of [new ArrayBuffer(64), new SharedArrayBuffer(64)]) {
+      const m = new RamMemory(buf);
+      m.write32(8, 0x12345678);
+      m.fence();
+      expect(m.read32(8)).toBe(0x12345678);
+      expect(new Uint8Array(buf).reduce((a, b) => a + b, 0)).toBe(0x12 + 0x34 + 0x56 + 0x78);
+    }
+  });
+});

@@ -53,6 +53,15 @@ export interface GuestMemory {
    * Allocates a view object: use per request, not per access.
    */
   view(gpa: number, length: number): Uint8Array | null;
+  /**
+   * A full memory barrier (Linux `virtio_mb`, QEMU `smp_mb`): every access before it is visible to
+   * other threads before any access after it is performed. The split ring needs one where a side
+   * publishes an index and then reads the other side's event index or flags (2.7.7.2, 2.7.10):
+   * without it a store can wait in the store buffer while the following load runs, both sides
+   * miss each other and a notification is lost. Optional: memory only one thread touches needs
+   * none.
+   */
+  fence?(): void;
 }
 
 /** One RAM region: where it sits in the guest physical address space and what backs it. */
@@ -83,6 +92,8 @@ export class RamMemory implements GuestMemory {
   private readonly regions: Region[];
   /** Index of the region that served the last access; most accesses hit it again. */
   private last = 0;
+  /** A word for {@link RamMemory.fence} when a region is shared between threads; null otherwise. */
+  private readonly fenceWord: Int32Array | null;
 
   /**
    * @param regions - one or more regions; a single `ArrayBuffer`/`SharedArrayBuffer` maps at gpa 0
@@ -120,6 +131,20 @@ export class RamMemory implements GuestMemory {
       }
     }
     this.regions = built;
+    const shared =
+      typeof SharedArrayBuffer !== 'undefined' &&
+      built.some((r) => r.bytes.buffer instanceof SharedArrayBuffer);
+    this.fenceWord = shared ? new Int32Array(new SharedArrayBuffer(4)) : null;
+  }
+
+  /**
+   * A full barrier when a region is a SharedArrayBuffer: a sequentially consistent read-modify-write
+   * (a locked instruction on x86, `dmb ish` on Arm), which orders the plain accesses around it.
+   * Nothing to do for memory private to one thread.
+   */
+  fence(): void {
+    const w = this.fenceWord;
+    if (w !== null) Atomics.add(w, 0, 0);
   }
 
   /** Total bytes of RAM over all regions. */

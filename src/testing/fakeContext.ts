@@ -66,6 +66,8 @@ export class FakeContext implements DeviceContext {
   readonly interrupts: number[] = [];
   /** Every `queueFailed` call, in order. */
   readonly failures: Array<{ index: number; error: QueueError }> = [];
+  /** Queue index of every `defer` call, in order. */
+  readonly deferCalls: number[] = [];
 
   /** Use {@link createFakeContext}. */
   constructor(
@@ -92,6 +94,10 @@ export class FakeContext implements DeviceContext {
 
   queueFailed(index: number, error: QueueError): void {
     this.failures.push({ index, error });
+  }
+
+  defer(index: number): void {
+    this.deferCalls.push(index);
   }
 
   /** Allocates a guest buffer of `length` bytes (16-byte aligned), filled with `fill` (default 0). */

@@ -260,6 +260,9 @@ export class MmioTransport implements MmioDevice {
 
   /** Incremented at every reset: contexts of earlier activations become inert. */
   private epoch = 0;
+  /** Per queue: 1 when the device deferred it (DeviceContext.defer). */
+  private deferred: Uint8Array = new Uint8Array(0);
+  private deferredCount = 0;
   private errorTotal = 0;
   private readonly errorCounts: GuestErrorCounts;
 
@@ -413,6 +416,7 @@ export class MmioTransport implements MmioDevice {
     this.table = layers.length === 1 ? base : buildRegisterTable(...layers);
 
     this.queues = device.queueMaxSizes.map((max) => new DeviceQueue(max));
+    this.deferred = new Uint8Array(this.queues.length);
     const n = numQueues;
     this.stagedNum = new Uint32Array(n);
     this.stagedAddr = new Uint32Array(6 * n);
@@ -884,6 +888,8 @@ export class MmioTransport implements MmioDevice {
    */
   private reset(): void {
     this.epoch++;
+    this.deferred.fill(0);
+    this.deferredCount = 0;
     this.device.reset();
     for (let i = 0; i < this.queues.length; i++) {
       this.queues[i].reset();
@@ -913,6 +919,12 @@ export class MmioTransport implements MmioDevice {
       notifyUsed: (index) => epoch === this.epoch && this.notifyUsed(index),
       queueFailed: (index, error) => {
         if (epoch === this.epoch) this.queueFailed(index, error);
+      },
+      defer: (index) => {
+        if (epoch === this.epoch && index >= 0 && index < this.queues.length && this.deferred[index] === 0) {
+          this.deferred[index] = 1;
+          this.deferredCount++;
+        }
       },
     };
     this.device.activate(ctx);
@@ -1179,6 +1191,31 @@ export class MmioTransport implements MmioDevice {
       this.guestError('interrupt', `InterruptACK of undefined bits ${hex(value)}`);
     }
     this.interrupts.ack((value & defined) >>> 0);
+  }
+
+  /** Queues deferred by the device (DeviceContext.defer) and not served again yet. */
+  get deferredQueues(): number {
+    return this.deferredCount;
+  }
+
+  /**
+   * Serves each deferred queue once more (a notification on the device's behalf), for the host's
+   * loop to call when {@link MmioTransport.deferredQueues} is not 0. Queues that are no longer ready
+   * are dropped. Returns how many were served. Never throws for device reasons the device itself
+   * would not throw for on a guest notification.
+   */
+  serveDeferred(): number {
+    if (this.deferredCount === 0) return 0;
+    let served = 0;
+    for (let i = 0; i < this.deferred.length; i++) {
+      if (this.deferred[i] === 0) continue;
+      this.deferred[i] = 0;
+      this.deferredCount--;
+      if (!this.isActivated || this.queues[i]?.ready !== true) continue;
+      this.device.notify(i);
+      served++;
+    }
+    return served;
   }
 
   /** DeviceContext.notifyUsed of the live activation. */

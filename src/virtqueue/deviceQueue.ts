@@ -506,6 +506,9 @@ export class DeviceQueue {
     this.signalledUsedValid = true;
     // Both start at 0 after reset, so "nothing used since reset" also returns here.
     if (old === newUsed) return false;
+    // The published used.idx must be visible before used_event / flags are read (QEMU
+    // virtio_split_should_notify's smp_mb): the driver re-checks used.idx after writing used_event.
+    mem.fence?.();
     if (this.eventIdx) {
       if (!valid) return true;
       const usedEvent = mem.read16(this.availRing + AVAIL_RING + 2 * this.size);
@@ -529,6 +532,9 @@ export class DeviceQueue {
     } else {
       mem.write16(this.usedRing + USED_FLAGS, mem.read16(this.usedRing + USED_FLAGS) & ~UsedFlag.NO_NOTIFY);
     }
+    // avail_event / flags must be visible before avail.idx is read again: a driver on another thread
+    // publishes avail.idx and then reads avail_event (QEMU virtio_queue_set_notification's smp_mb).
+    mem.fence?.();
     return this.pending(mem) > 0;
   }
 

@@ -270,6 +270,9 @@ export class DriverQueue<T = unknown> {
     const old = this.kickedAvail;
     this.kickedAvail = newIdx;
     if (newIdx === old) return false;
+    // The new avail.idx must be visible before avail_event / flags are read (Linux virtqueue_kick_prepare's
+    // virtio_mb): the device re-checks avail.idx after writing avail_event, one of the two sees the other.
+    this.mem.fence?.();
     if (this.eventIdx) {
       const availEvent = this.mem.read16(this.rings.usedRing + USED_RING + 8 * this.size);
       return ((newIdx - availEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
@@ -372,6 +375,8 @@ export class DriverQueue<T = unknown> {
       const a = this.rings.availRing + AVAIL_FLAGS;
       this.mem.write16(a, this.mem.read16(a) & ~AvailFlag.NO_INTERRUPT);
     }
+    // used_event must be visible before used.idx is read again (virtqueue_enable_cb's virtio_mb).
+    this.mem.fence?.();
     return this.hasUsed();
   }
 

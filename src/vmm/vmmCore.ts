@@ -265,8 +265,9 @@ export class VmmCore implements VmmHost {
   }
 
   /**
-   * One pass over every mailbox and ring: serves each pending exit (answering it at once) and
-   * drains each doorbell ring. Returns the number of items handled. Allocation-free.
+   * One pass over every mailbox and ring: serves each pending exit (answering it at once), drains
+   * each doorbell ring, then serves the queues devices deferred. Returns the number of items
+   * handled. Allocation-free.
    */
   serviceOnce(): number {
     const ctl = this.ctl;
@@ -293,6 +294,20 @@ export class VmmCore implements VmmHost {
       if (request) {
         this.serveExit(b);
         done++;
+      }
+    }
+    // Queues a device left with buffers (bounded work per notification) get their next pass here,
+    // after the vCPUs' exits, so a guest flooding one queue cannot starve the others.
+    const ts = this.transports;
+    for (let i = 0; i < ts.length; i++) {
+      if (ts[i].deferredQueues === 0) continue;
+      try {
+        done += ts[i].serveDeferred();
+      } catch (e) {
+        this.counts[4]++;
+        this.errorSink(
+          `device error serving a deferred queue: ${e instanceof Error ? e.message : String(e)}`,
+        );
       }
     }
     return done;

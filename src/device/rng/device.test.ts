@@ -251,6 +251,8 @@ describe('RngDevice requests (5.4.6)', () => {
     expect(dev.counters.requests).toBe(RNG_MAX_PASSES * size);
     expect(dev.counters.deferred).toBe(1);
     expect(ctx.notifyCalls).toEqual([0]);
+    // The host is asked for another pass (the driver will not kick: notifications were re-enabled).
+    expect(ctx.deferCalls).toEqual([0]);
     // The next notification picks up where the bound stopped.
     dev.notify(0);
     expect(dev.counters.requests).toBe(2 * RNG_MAX_PASSES * size);
