@@ -7,6 +7,7 @@ import {
   computeRatios,
   formatSeedsTable,
   measureBlkMode,
+  measureBulkMode,
   measureMqMode,
   measureRrMode,
   median,
@@ -235,6 +236,29 @@ describe('seeds bench: multiqueue, two vCPUs (tiny runs, counts only)', () => {
     expect(e.operations).toBe(300);
     expect(e.ipis).toBe(0);
     expect(e.handlerAccesses).toBeCloseTo(3 * e.interrupts, 10);
+  });
+});
+
+describe('seeds bench: bulk (iperf-like), counts per datagram (tiny runs)', () => {
+  it('transmit, seed MSI, posted: no exit, one doorbell per batch of 64, no interrupt, every frame consumed', async () => {
+    const e = await measureBulkMode(rrMode('msi', 'posted'), 'tx', tiny);
+    expect(e.workload).toBe('bulk-tx');
+    expect(e.metric).toBe('MB/s');
+    expect(e.operations).toBe(300);
+    expect(e.exits).toBe(0);
+    expect(e.doorbells).toBeGreaterThan(0);
+    expect(e.doorbells).toBeLessThanOrEqual(6 / 300);
+    expect(e.interrupts).toBe(0);
+  });
+
+  it('receive, standard line, trapped: one request per 64 datagrams, every datagram checked in order', async () => {
+    const e = await measureBulkMode(rrMode('line-v2', 'trapped'), 'rx', tiny);
+    expect(e.workload).toBe('bulk-rx');
+    // Whole requests of 64: the first multiple of 64 at or past 300.
+    expect(e.operations).toBe(320);
+    expect(e.exitDetail.write).toBeGreaterThan(0);
+    expect(e.interrupts).toBeGreaterThan(0);
+    expect(e.interrupts).toBeLessThanOrEqual(1);
   });
 });
 

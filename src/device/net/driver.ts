@@ -568,6 +568,18 @@ export class NetDriver {
   }
 
   /**
+   * Frames queued on `pair` whose transmit slots the device has not returned yet (used slots are
+   * reclaimed first); 0 once the device consumed everything sent.
+   * @throws VirtioError `INVALID_ARGUMENT` for a pair not serviced here
+   */
+  txInFlight(pair = 0): number {
+    const x = this.pairs[pair];
+    if (x === undefined || x === null)
+      throw new VirtioError('INVALID_ARGUMENT', `net: pair ${String(pair)} is not serviced here`);
+    return x.txInFlight();
+  }
+
+  /**
    * Harvests every queue without waiting for an interrupt (NAPI-style polling): receive buffers are
    * copied out and posted again, transmit slots reclaimed. Returns the frames now waiting in
    * {@link NetDriver.receive}.

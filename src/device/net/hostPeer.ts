@@ -10,7 +10,10 @@
  *   such as 32/1024,
  * - runs a bulk receiver (iperf UDP style) on {@link HostPeerOptions.sinkPort}: datagrams carrying a
  *   big-endian u32 sequence number first are counted, with losses, reordering and duplicates,
- * - and sends bulk datagrams in the same format ({@link HostPeer.bulkSend}).
+ * - and sends bulk datagrams in the same format ({@link HostPeer.bulkSend}), also on request: a
+ *   datagram to {@link HostPeerOptions.sourcePort} carrying big-endian u32 `count` and `size` is
+ *   answered with `count` bulk datagrams of `size` bytes (the receive side of an iperf-like run,
+ *   paced by the receiver's requests).
  *
  * Frames the peer does not understand are counted and ignored.
  *
@@ -52,12 +55,20 @@ export interface HostPeerOptions {
   rrResponseSize?: number;
   /** UDP port of the bulk receiver. Default {@link HOST_PEER_SINK_PORT}. */
   sinkPort?: number;
+  /** UDP port of the bulk source (answers requests with bulk datagrams). Default {@link HOST_PEER_SOURCE_PORT}. */
+  sourcePort?: number;
 }
 
 /** Default port of the request/response server (netperf's data port). */
 export const HOST_PEER_RR_PORT = 12866;
 /** Default port of the bulk receiver (iperf's). */
 export const HOST_PEER_SINK_PORT = 5001;
+/** Default port of the bulk source. */
+export const HOST_PEER_SOURCE_PORT = 5002;
+/** Most datagrams one bulk source request may ask for. */
+export const HOST_PEER_SOURCE_MAX_COUNT = 4096;
+/** Sequence numbers behind the newest one whose duplicates the bulk receiver still recognizes. */
+export const HOST_PEER_SINK_WINDOW = 1 << 16;
 
 /** Counters of a {@link HostPeer}. */
 export interface HostPeerCounters {
@@ -81,6 +92,10 @@ export interface HostPeerCounters {
   sinkOutOfOrder: number;
   /** Bulk datagrams whose sequence number was already seen. */
   sinkDuplicates: number;
+  /** Bulk datagrams older than the duplicate window ({@link HOST_PEER_SINK_WINDOW}): not counted. */
+  sinkTooOld: number;
+  /** Bulk source requests answered. */
+  sourceRequests: number;
   /** Frames sent. */
   sent: number;
   /** Frames not for us, or not understood, or malformed (bad checksum, short). */
@@ -111,6 +126,8 @@ export class HostPeer {
   readonly rrResponseSize: number;
   /** Port of the bulk receiver. */
   readonly sinkPort: number;
+  /** Port of the bulk source. */
+  readonly sourcePort: number;
   /** Counters. */
   readonly counters: HostPeerCounters = {
     frames: 0,
@@ -123,6 +140,8 @@ export class HostPeer {
     sinkLost: 0,
     sinkOutOfOrder: 0,
     sinkDuplicates: 0,
+    sinkTooOld: 0,
+    sourceRequests: 0,
     sent: 0,
     ignored: 0,
   };
@@ -131,10 +150,16 @@ export class HostPeer {
   /** IPv4 address to MAC, learned from ARP and IPv4 frames. */
   private readonly arp = new Map<number, Uint8Array>();
   private readonly backend: NetBackend;
-  /** Next expected bulk sequence number, and the sequence numbers seen (for duplicates). */
+  /**
+   * Next expected bulk sequence number, and which of the last {@link HOST_PEER_SINK_WINDOW}
+   * sequence numbers were seen (one bit each, indexed by the low 16 bits): memory stays bounded
+   * however long the run.
+   */
   private sinkNext = 0;
-  private readonly sinkSeen = new Set<number>();
+  private readonly sinkSeen = new Uint8Array(HOST_PEER_SINK_WINDOW >>> 3);
   private ipId = 0;
+  /** Next sequence number of the bulk source. */
+  private sourceSeq = 0;
 
   /** @throws VirtioError `INVALID_ARGUMENT` for a bad address, port or size */
   constructor(options: HostPeerOptions) {
@@ -144,6 +169,7 @@ export class HostPeer {
     this.mac = typeof mac === 'string' ? parseMac(mac) : mac.slice(0, 6);
     this.rrPort = checkPort(options.rrPort ?? HOST_PEER_RR_PORT);
     this.sinkPort = checkPort(options.sinkPort ?? HOST_PEER_SINK_PORT);
+    this.sourcePort = checkPort(options.sourcePort ?? HOST_PEER_SOURCE_PORT);
     this.rrResponseSize = options.rrResponseSize ?? 1024;
     if (!Number.isInteger(this.rrResponseSize) || this.rrResponseSize < 8 || this.rrResponseSize > 1472) {
       throw new VirtioError(
@@ -257,6 +283,17 @@ export class HostPeer {
       );
     } else if (u.dstPort === this.sinkPort && u.data.length >= 4) {
       this.sinkReceive(u.data);
+    } else if (u.dstPort === this.sourcePort && u.data.length >= 8) {
+      const d = new DataView(u.data.buffer, u.data.byteOffset, u.data.length);
+      const count = d.getUint32(0);
+      const size = d.getUint32(4);
+      if (count > HOST_PEER_SOURCE_MAX_COUNT || size < 4 || size > 1472) {
+        this.counters.ignored++;
+        return;
+      }
+      this.counters.sourceRequests++;
+      this.bulkSend(ip.src, u.srcPort, count, size, this.sourceSeq);
+      this.sourceSeq = (this.sourceSeq + count) >>> 0;
     } else {
       this.counters.ignored++;
     }
@@ -266,21 +303,31 @@ export class HostPeer {
   private sinkReceive(data: Uint8Array): void {
     const c = this.counters;
     const seq = ((data[0] << 24) | (data[1] << 16) | (data[2] << 8) | data[3]) >>> 0;
-    if (this.sinkSeen.has(seq)) {
-      c.sinkDuplicates++;
-      return;
-    }
-    this.sinkSeen.add(seq);
-    c.sinkDatagrams++;
-    c.sinkBytes += data.length;
-    if (seq === this.sinkNext) this.sinkNext++;
-    else if (seq > this.sinkNext) {
-      c.sinkLost += seq - this.sinkNext;
-      this.sinkNext = seq + 1;
-    } else {
+    const seen = this.sinkSeen;
+    if (seq < this.sinkNext) {
+      if (this.sinkNext - seq > HOST_PEER_SINK_WINDOW) {
+        c.sinkTooOld++;
+        return;
+      }
+      if ((seen[(seq & 0xffff) >>> 3] & (1 << (seq & 7))) !== 0) {
+        c.sinkDuplicates++;
+        return;
+      }
       c.sinkOutOfOrder++;
       c.sinkLost--;
+    } else {
+      // Sequence numbers skipped (sinkNext..seq-1) were not seen: clear their bits (at most the window).
+      const gap = Math.min(seq - this.sinkNext, HOST_PEER_SINK_WINDOW);
+      for (let i = 0; i < gap; i++) {
+        const s = (this.sinkNext + i) & 0xffff;
+        seen[s >>> 3] &= ~(1 << (s & 7));
+      }
+      c.sinkLost += seq - this.sinkNext;
+      this.sinkNext = seq + 1;
     }
+    seen[(seq & 0xffff) >>> 3] |= 1 << (seq & 7);
+    c.sinkDatagrams++;
+    c.sinkBytes += data.length;
   }
 
   private nextId(): number {

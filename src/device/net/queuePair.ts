@@ -267,6 +267,12 @@ export class NetQueuePair {
     return true;
   }
 
+  /** Frames given to the device whose slots are not reclaimed yet (reclaims first). */
+  txInFlight(): number {
+    this.reclaim();
+    return this.tx.size - this.free.length;
+  }
+
   /** Notifies the device of frames queued without a kick (when it wants a notification). */
   flush(): void {
     if (this.tx.kickPrepare()) this.kick(this.tx);

@@ -48,7 +48,8 @@ export interface SeedsBenchOptions {
   readonly onProgress?: (p: SeedsProgress) => void;
   /**
    * Workloads to run (default all: `rr` request/response, `mq` two flows on two vCPUs with one or
-   * two queue pairs, `blk` 4 KiB random I/O at QD1 and QD32).
+   * two queue pairs, `bulk` iperf-like UDP throughput both ways, `blk` 4 KiB random I/O at QD1 and
+   * QD32).
    */
   readonly workloads?: readonly SeedsWorkload[];
   /** Only these modes (by name, every workload; `ideal` is always measured with `rr`). Default: all of the run. */
@@ -92,7 +93,7 @@ export function seedsConfig(options: Pick<SeedsBenchOptions, 'quick' | 'override
     requestSize: 32,
     responseSize: 1024,
     wait: { vcpuSpin: o.wait?.vcpuSpin ?? 0, vmmSpin: o.wait?.vmmSpin ?? 0 },
-    workloads: ['rr', 'mq', 'blk'],
+    workloads: ['rr', 'mq', 'bulk', 'blk'],
   };
 }
 
@@ -196,6 +197,8 @@ export interface DeviceMeasurement {
   readonly loopArgs: Record<string, unknown>;
   /** The device whose handler registers are counted. */
   readonly device: string;
+  /** Multiplies the loop's operations per second into `value` (default 1; bulk: bytes to MB). */
+  readonly scale?: number;
 }
 
 /**
@@ -239,12 +242,13 @@ export async function measureDevice(m: DeviceMeasurement, config: SeedsConfig): 
       runs.push(r);
       cpu.push(cores([s.cpuNs, vmm0 < 0 ? -1 : vmm1 - vmm0], s.wallNs));
     }
+    const scale = m.scale ?? 1;
     return {
       workload: m.workload,
       mode: m.mode,
       metric: m.metric,
-      value: median(runs.map((r) => r.transPerSec)),
-      runs: runs.map((r) => r.transPerSec),
+      value: median(runs.map((r) => r.transPerSec * scale)),
+      runs: runs.map((r) => r.transPerSec * scale),
       cpuCores: median(cpu),
       latencyUs: latency(runs),
       interruptMode: String(got),
@@ -271,6 +275,41 @@ export function measureRrMode(mode: RrMode, config: SeedsConfig): Promise<SeedsR
       loop: 'netRrLoop',
       loopArgs: { requestSize: config.requestSize, responseSize: config.responseSize },
       device: 'net0',
+    },
+    config,
+  );
+}
+
+/** Bulk directions: `tx` guest to peer, `rx` peer to guest. */
+export type BulkDirection = 'tx' | 'rx';
+
+/** UDP payload bytes of each bulk datagram (1514-byte Ethernet frames). */
+export const BULK_DATAGRAM_BYTES = 1472;
+
+/**
+ * Measures the bulk workload (iperf-like, UDP 1472-byte datagrams) in one mode and direction:
+ * MB/s of UDP payload (10^6 bytes), counts per datagram.
+ */
+export function measureBulkMode(
+  mode: RrMode,
+  direction: BulkDirection,
+  config: SeedsConfig,
+): Promise<SeedsResultEntry> {
+  return measureDevice(
+    {
+      workload: `bulk-${direction}`,
+      mode: mode.name,
+      metric: 'MB/s',
+      setup: 'setupNetRr',
+      setupArgs: { ...mode.setup, responseSize: config.responseSize },
+      notify: mode.notify,
+      init: 'netRrInit',
+      allow: mode.allow,
+      expect: mode.expect,
+      loop: direction === 'tx' ? 'netBulkTxLoop' : 'netBulkRxLoop',
+      loopArgs: { size: BULK_DATAGRAM_BYTES, batch: 64 },
+      device: 'net0',
+      scale: BULK_DATAGRAM_BYTES / 1e6,
     },
     config,
   );
@@ -365,10 +404,10 @@ export async function measureRrIdeal(config: SeedsConfig): Promise<SeedsResultEn
 }
 
 /** Workloads {@link runSeedsBench} can run. */
-export type SeedsWorkload = 'rr' | 'mq' | 'blk';
+export type SeedsWorkload = 'rr' | 'mq' | 'bulk' | 'blk';
 
 /** Every {@link SeedsWorkload}, in run order. */
-export const SEEDS_WORKLOADS: readonly SeedsWorkload[] = ['rr', 'mq', 'blk'];
+export const SEEDS_WORKLOADS: readonly SeedsWorkload[] = ['rr', 'mq', 'bulk', 'blk'];
 
 /**
  * Runs the seeds' benchmark and returns the result (and writes it when `json` / `out` are given).
@@ -406,6 +445,16 @@ export async function runSeedsBench(options: SeedsBenchOptions): Promise<SeedsBe
   if (workloads.includes('mq')) {
     for (const mode of mq)
       steps.push({ label: `rr-mq ${mode.name}`, run: () => measureMqMode(mode, config) });
+  }
+  if (workloads.includes('bulk')) {
+    for (const direction of ['tx', 'rx'] as const) {
+      for (const mode of blk) {
+        steps.push({
+          label: `bulk-${direction} ${mode.name}`,
+          run: () => measureBulkMode(mode, direction, config),
+        });
+      }
+    }
   }
   if (workloads.includes('blk')) {
     for (const qd of BLK_QUEUE_DEPTHS) {
