@@ -69,6 +69,18 @@ describe('initrd', () => {
     }
   });
 
+  it('carries the queue and cpu probes of the blk-mq and net scenarios', () => {
+    for (const fn of ['mqmap', 'cpus', 'pin', 'netq'])
+      expect(GUEST_LIB).toMatch(new RegExp(`^${fn}\\(\\) \\{`, 'm'));
+    // Split so the literal is not read as a template placeholder.
+    expect(GUEST_LIB).toContain('echo "@MQHW $' + '{d##*/} $(cat $d/cpu_list)"');
+    expect(GUEST_LIB).toContain(
+      'possible=$(cat $c/possible) online=$(cat $c/online) present=$(cat $c/present)',
+    );
+    // taskset fails for a cpu that is not online; its error text stays off the console.
+    expect(GUEST_LIB).toContain('taskset -c $1 true 2>/dev/null');
+  });
+
   it('models the guest pattern exactly (19 bytes per line)', () => {
     expect(guestPattern(2)).toBe('virtio-mmio 000000\nvirtio-mmio 000001\n');
     expect(guestPattern(4096).length).toBe(4096 * 19);

@@ -88,6 +88,12 @@ rngread() {
   head -c $1 /dev/hwrng | od -An -v -tx1 | sed 's/^/@RNG/'
 }
 blkinfo() { echo "@BLKSIZE $1 $(cat /sys/block/$1/size)"; echo "@BLKMQ $1 $(ls /sys/block/$1/mq | wc -l)"; echo "@BLKSUM $1 $(sha256sum /dev/$1 | cut -d' ' -f1)"; }
+# mqmap dev: each blk-mq hardware context of dev and the cpus it serves
+mqmap() { for d in /sys/block/$1/mq/*; do echo "@MQHW \${d##*/} $(cat $d/cpu_list)"; done; }
+# cpus: possible (cpu_possible_mask, so nr_cpu_ids), online and present cpus
+cpus() { c=/sys/devices/system/cpu; echo "@CPUS possible=$(cat $c/possible) online=$(cat $c/online) present=$(cat $c/present)"; }
+# pin cpu: can a process run on cpu? (sched_setaffinity refuses a cpu that is not online)
+pin() { if taskset -c $1 true 2>/dev/null; then echo "@PIN $1 ran"; else echo "@PIN $1 refused"; fi; }
 pattern() { printf 'virtio-mmio %06d\\n' $(seq 0 $(($1-1))); }
 blkwrite() {
   pattern $2 > /tmp/pat
@@ -126,6 +132,7 @@ netping() {
   echo "@MAC $(cat /sys/class/net/$1/address)"
   ping -c $4 -W 10 $3 2>&1 | sed 's/^/@PING /'
 }
+netq() { for q in /sys/class/net/$1/queues/*; do echo "@NETQ \${q##*/}"; done; }
 fin() { echo "@END $1"; }
 `;
 

@@ -30,11 +30,12 @@ import {
   DeviceStatus,
   FeatureBit,
   hex,
+  NetFeature,
   SeedFeatureBit,
 } from '../../spec/index.js';
 import { MmioTransport } from '../../transport/index.js';
 import { CONSOLE_LINE_MARKER, CONSOLE_READY_MARKER, guestPattern } from './initrd.js';
-import { findLinuxPrerequisites, LINUX_WINDOW_IRQS, LinuxGuest } from './linuxGuest.js';
+import { findLinuxPrerequisites, LINUX_POSSIBLE_CPUS, LINUX_WINDOW_IRQS, LinuxGuest } from './linuxGuest.js';
 
 /** One scenario's outcome. */
 export interface LinuxScenarioResult {
@@ -270,6 +271,9 @@ const DISK_SIZE = 4 << 20;
 /** Pattern written by the guest: lines, and where (in 512-byte sectors). */
 const PATTERN_LINES = 4096;
 const PATTERN_SECTOR = 2048;
+/** The blk-mq scenario's write: lines, and where (in 512-byte sectors). */
+const MQ_PATTERN_LINES = 512;
+const MQ_PATTERN_SECTOR = 4096;
 
 /** Context of a scenario run. */
 interface ScenarioEnv {
@@ -286,6 +290,8 @@ interface Scenario {
   devices: readonly (DeviceKind | null)[];
   /** Request queues of the blk device (more than 1 offers VIRTIO_BLK_F_MQ). Default 1. */
   blkQueues?: number;
+  /** Queue pairs of the net device (more than 1 offers VIRTIO_NET_F_MQ). Default 1. */
+  netQueuePairs?: number;
   /**
    * Ports of the console device: 1 is a single-port console without MULTIPORT; more offer
    * MULTIPORT, port 0 a console and the others generic ports named {@link consolePortName}.
@@ -341,7 +347,12 @@ function place(env: ScenarioEnv, scenario: Scenario, seq: number): Placed[] {
       // Frames move on microtasks: v86 runs on the event loop, between its execution slices.
       const link = createNetLink({ delivery: 'microtask' });
       const peer = new HostPeer({ backend: link.b, ip: NET_PEER_IP });
-      const device = new NetDevice({ backend: link.a, mac: NET_GUEST_MAC, log: (m) => log.push(m) });
+      const device = new NetDevice({
+        backend: link.a,
+        mac: NET_GUEST_MAC,
+        queuePairs: scenario.netQueuePairs ?? 1,
+        log: (m) => log.push(m),
+      });
       placed.push({ transport: new MmioTransport(device, common), slot, kind, net: { device, peer }, log });
     } else if (kind === 'rng') {
       const entropy = new RecordingEntropy(0x1234567 + seq);
@@ -659,6 +670,8 @@ const NET_PEER_IP = '10.0.2.2';
 const NET_GUEST_MAC = '52:54:00:12:34:56';
 /** Echo requests the guest sends. */
 const NET_PINGS = 3;
+/** Queue pairs of the net scenario's NIC (VIRTIO_NET_F_MQ offered). */
+const NET_QUEUE_PAIRS = 2;
 
 const SCENARIOS: readonly Scenario[] = [
   {
@@ -787,7 +800,7 @@ const SCENARIOS: readonly Scenario[] = [
       if (rng !== undefined) checkRng(lines, rng, 256, v);
       // num_queues is read only when MQ is negotiated, and a zero makes virtio_blk fail the probe
       // ("MQ advertised but zero queues reported"): a bound device proves the split 16-bit read.
-      // Linux then uses min(num_queues, nr_cpu_ids) queues, and v86 has one CPU.
+      // Linux then uses min(num_queues, nr_cpu_ids) queues: nr_cpu_ids is LINUX_POSSIBLE_CPUS.
       const blkDev = blk === undefined ? undefined : by.get(blk.slot);
       v.expect(
         blkDev !== undefined && sysfsFeatures(blkDev.features).has(BlkFeature.MQ),
@@ -796,10 +809,18 @@ const SCENARIOS: readonly Scenario[] = [
       );
       const mq = lines.find((l) => l.startsWith('@BLKMQ'))?.split(' ')[2];
       v.expect(
-        mq === '1',
-        'blk: guest uses min(num_queues, nr_cpu_ids = 1) = 1 hardware queue',
+        mq === '2',
+        `blk: guest uses min(num_queues = 2, nr_cpu_ids = ${String(LINUX_POSSIBLE_CPUS)}) = 2 hardware queues`,
         `mq ${String(mq)}`,
       );
+      if (blk !== undefined) {
+        const ready = [0, 1].map((i) => blk.transport.queue(i).ready);
+        v.expect(
+          ready[0] && ready[1],
+          'blk: our transport sees both request queues made ready',
+          ready.join(','),
+        );
+      }
       checkIrqCounts(lines, by, v);
     },
   },
@@ -835,13 +856,13 @@ const SCENARIOS: readonly Scenario[] = [
   },
   {
     name: 'blk-mq',
-    title: 'virtio-blk with 4 request queues (v2): what Linux on one v86 CPU sets up',
+    title: `virtio-blk with 4 request queues (v2): ${String(LINUX_POSSIBLE_CPUS)} possible CPUs, 4 hardware queues, I/O on queue 0`,
     version: 2,
     devices: ['blk'],
     blkQueues: 4,
     async run(env, placed, v) {
       const lines = await env.guest.run(
-        'ins virtio_mmio virtio_blk; waitblk vda; blkinfo vda; devs; cat /sys/block/vda/mq/*/cpu_list | sed "s/^/@MQCPUS /"',
+        `ins virtio_mmio virtio_blk; waitblk vda; cpus; blkinfo vda; mqmap vda; pin 0; pin 1; blkwrite vda ${String(MQ_PATTERN_LINES)} ${String(MQ_PATTERN_SECTOR)}; devs`,
         env.timeoutMs,
       );
       const by = checkDevices(lines, placed, v, 2);
@@ -853,22 +874,57 @@ const SCENARIOS: readonly Scenario[] = [
         'VIRTIO_BLK_F_MQ negotiated with num_queues 4',
         dev?.features ?? 'no device',
       );
-      // virtio_blk init_vq: num_vqs = min(num_queues, nr_cpu_ids) and v86 has one CPU, so Linux
-      // sets up one request queue and one blk-mq hardware context.
+      // possible_cpus=4 on the command line: nr_cpu_ids is 4, but v86 runs one CPU, so only cpu 0
+      // is online (and present); 1..3 are hotplug slots.
+      const cpus = lines.find((l) => l.startsWith('@CPUS'));
+      const wantCpus = `@CPUS possible=0-${String(LINUX_POSSIBLE_CPUS - 1)} online=0 present=0`;
+      v.expect(
+        cpus === wantCpus,
+        `guest: cpus 0-${String(LINUX_POSSIBLE_CPUS - 1)} possible, only cpu 0 online and present`,
+        String(cpus),
+      );
+      // virtio_blk init_vq: num_vqs = min(num_queues, nr_cpu_ids) = 4 virtqueues; blk-mq makes one
+      // hardware context per queue and maps possible cpu i to context i.
       const mq = lines.find((l) => l.startsWith('@BLKMQ'))?.split(' ')[2];
       v.expect(
-        mq === '1',
-        'linux shows 1 hardware queue in /sys/block/vda/mq (nr_cpu_ids = 1)',
+        mq === '4',
+        `linux shows 4 hardware queues in /sys/block/vda/mq (min(num_queues 4, nr_cpu_ids ${String(LINUX_POSSIBLE_CPUS)}))`,
         `mq ${String(mq)}`,
       );
-      const cpus = lines.filter((l) => l.startsWith('@MQCPUS')).map((l) => l.slice(8).trim());
-      v.expect(cpus.join(',') === '0', 'the hardware queue serves cpu 0', cpus.join(','));
+      const map = lines
+        .filter((l) => l.startsWith('@MQHW'))
+        .map((l) => l.slice(6).trim())
+        .join(',');
+      v.expect(map === '0 0,1 1,2 2,3 3', 'hardware queue i serves cpu i', map);
       const ready = [0, 1, 2, 3].map((i) => blk.transport.queue(i).ready);
       v.expect(
-        ready[0] && !ready[1] && !ready[2] && !ready[3],
-        'our transport: queue 0 ready, queues 1..3 never set up by linux',
+        ready.every((r) => r),
+        'our transport: linux made all 4 request queues ready',
         ready.join(','),
       );
+      // A process cannot run on an offline cpu (sched_setaffinity refuses it), so every request
+      // is submitted from cpu 0 and goes to its hardware queue, 0.
+      v.expect(lines.includes('@PIN 0 ran'), 'guest: a process pinned to cpu 0 runs');
+      v.expect(lines.includes('@PIN 1 refused'), 'guest: pinning to cpu 1 is refused (not online)');
+      const patSum = sha256(guestPattern(MQ_PATTERN_LINES));
+      v.expect(
+        lines.find((l) => l.startsWith('@READBACK'))?.split(' ')[1] === patSum,
+        'a write (dd conv=fsync, then drop_caches) reads back',
+      );
+      if (blk.disk !== undefined) {
+        const at = MQ_PATTERN_SECTOR * 512;
+        const file = new Uint8Array(fs.readFileSync(blk.disk.path));
+        const len = guestPattern(MQ_PATTERN_LINES).length;
+        v.expect(sha256(file.subarray(at, at + len)) === patSum, 'the write reached the host file');
+      }
+      const used = [0, 1, 2, 3].map((i) => blk.transport.queue(i).nextUsed);
+      const avail = [0, 1, 2, 3].map((i) => blk.transport.queue(i).nextAvail);
+      v.expect(
+        used[0] > 0 && [1, 2, 3].every((i) => avail[i] === 0 && used[i] === 0),
+        'our transport: every request (reads, the write, the flush) came on queue 0; queues 1..3 carried none',
+        `available ${avail.join(',')} used ${used.join(',')}`,
+      );
+      v.checks.push(`queue 0 served ${String(used[0])} requests`);
       checkIrqCounts(lines, by, v);
     },
   },
@@ -936,12 +992,14 @@ const SCENARIOS: readonly Scenario[] = [
   },
   {
     name: 'net',
-    title: "virtio-net (v2): Linux's virtio_net brings up eth0 on our NIC and pings the host peer",
+    title:
+      "virtio-net with 2 queue pairs (v2): Linux's virtio_net brings up eth0 on our NIC and pings the host peer",
     version: 2,
     devices: ['net'],
+    netQueuePairs: NET_QUEUE_PAIRS,
     async run(env, placed, v) {
       const lines = await env.guest.run(
-        `ins virtio_mmio failover net_failover virtio_net; waitnet eth0; devs; netping eth0 ${NET_GUEST_IP} ${NET_PEER_IP} ${String(NET_PINGS)}; devs`,
+        `ins virtio_mmio failover net_failover virtio_net; waitnet eth0; devs; netq eth0; netping eth0 ${NET_GUEST_IP} ${NET_PEER_IP} ${String(NET_PINGS)}; devs`,
         env.timeoutMs,
       );
       // Two `devs` listings: before the traffic (binding, features) and after (interrupt counts).
@@ -970,6 +1028,42 @@ const SCENARIOS: readonly Scenario[] = [
         d !== undefined && d.txFrames >= NET_PINGS + 1 && d.rxFrames >= NET_PINGS + 1,
         'frames counted both ways by our device',
         JSON.stringify({ tx: d?.txFrames, rx: d?.rxFrames }),
+      );
+      // virtio_net sets up every pair's virtqueues (init_vqs uses max_queue_pairs), then uses
+      // min(max_queue_pairs, num_online_cpus()) = 1 pair: one CPU is online whatever is possible.
+      const dev = by.get(p.slot);
+      v.expect(
+        dev !== undefined && sysfsFeatures(dev.features).has(NetFeature.MQ),
+        `VIRTIO_NET_F_MQ negotiated with max_virtqueue_pairs ${String(NET_QUEUE_PAIRS)}`,
+        dev?.features ?? 'no device',
+      );
+      const queues = 2 * NET_QUEUE_PAIRS + 1;
+      const ready = Array.from({ length: queues }, (_, i) => p.transport.queue(i).ready);
+      v.expect(
+        ready.every((r) => r),
+        `our transport: linux made all ${String(queues)} queues ready (${String(NET_QUEUE_PAIRS)} pairs and the control queue)`,
+        ready.join(','),
+      );
+      // Of the control classes only MQ is negotiated (no CTRL_RX, CTRL_VLAN, GUEST_ANNOUNCE,
+      // CTRL_MAC_ADDR), so the commands Linux sent are VQ_PAIRS_SET (virtnet_set_queues at probe).
+      v.expect(
+        p.net?.device.queuePairsInUse === 1 && (d?.ctrlCommands ?? 0) >= 1 && d?.ctrlErrors === 0,
+        'the driver set 1 pair in use with VQ_PAIRS_SET (one online cpu), accepted',
+        `pairs ${String(p.net?.device.queuePairsInUse)} ctrl ${String(d?.ctrlCommands)} errors ${String(d?.ctrlErrors)}`,
+      );
+      const netq = lines
+        .filter((l) => l.startsWith('@NETQ'))
+        .map((l) => l.slice(6).trim())
+        .join(',');
+      v.expect(netq === 'rx-0,tx-0', 'eth0 has one rx and one tx queue', netq);
+      const otherPairs =
+        d === undefined
+          ? -1
+          : [...d.txFramesPerPair.slice(1), ...d.rxFramesPerPair.slice(1)].reduce((a, b) => a + b, 0);
+      v.expect(
+        otherPairs === 0,
+        'every frame went through pair 0',
+        JSON.stringify({ tx: d?.txFramesPerPair, rx: d?.rxFramesPerPair }),
       );
       checkIrqCounts(lines.slice(split), by, v);
     },

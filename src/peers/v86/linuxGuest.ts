@@ -25,14 +25,22 @@ export const V86_PINNED_VERSION = '0.5.462';
 export const LINUX_GUEST_CACHE = '.cache/linux-guest';
 
 /**
- * Kernel command line: serial console, the boot-time savers measured for this kernel, and
- * the stall detectors off: v86's timers follow the host's wall clock, so when the host is busy
- * (a CI machine running other suites) the emulated CPU falls behind its own timers and the kernel
- * reports `BUG: soft lockup` or RCU stalls that say nothing about our devices. A device hang
- * still fails the scenario, by its timeout.
+ * CPUs Linux is told are possible (`possible_cpus=`, x86 `prefill_possible_map`: CPU hotplug). v86
+ * runs one CPU, so one is online and present and the others are hotplug slots that never come
+ * online; but `nr_cpu_ids` becomes this, and `virtio_blk` sets up `min(num_queues, nr_cpu_ids)`
+ * request queues, one blk-mq hardware context per possible CPU. That is how a multiqueue device is
+ * driven on more than one queue by Linux in v86.
  */
-export const LINUX_CMDLINE =
-  'console=ttyS0 quiet cryptomgr.notests=1 noisapnp mitigations=off nowatchdog rcupdate.rcu_cpu_stall_suppress=1';
+export const LINUX_POSSIBLE_CPUS = 4;
+
+/**
+ * Kernel command line: serial console, the boot-time savers measured for this kernel, the stall
+ * detectors off, and {@link LINUX_POSSIBLE_CPUS}. v86's timers follow the host's wall clock, so
+ * when the host is busy (a CI machine running other suites) the emulated CPU falls behind its own
+ * timers and the kernel reports `BUG: soft lockup` or RCU stalls that say nothing about our
+ * devices. A device hang still fails the scenario, by its timeout.
+ */
+export const LINUX_CMDLINE = `console=ttyS0 quiet cryptomgr.notests=1 noisapnp mitigations=off nowatchdog rcupdate.rcu_cpu_stall_suppress=1 possible_cpus=${String(LINUX_POSSIBLE_CPUS)}`;
 
 /** Where the virtio windows live in guest physical space (above RAM, below the IO-APIC). */
 export const LINUX_WINDOW_BASE = 0xd000_0000;
@@ -168,6 +176,8 @@ export interface LinuxBootOptions {
   timeoutMs?: number;
   /** Receives every console line (for live logs). */
   onLine?: (line: string) => void;
+  /** Kernel command line (default {@link LINUX_CMDLINE}). */
+  cmdline?: string;
 }
 
 /** A booted Linux guest with virtio-mmio windows, snapshotted right after boot. */
@@ -238,7 +248,7 @@ export class LinuxGuest {
       bios: { buffer: toArrayBuffer(files.bios) },
       bzimage: { buffer: toArrayBuffer(files.vmlinuz) },
       initrd: { buffer: toArrayBuffer(initrd) },
-      cmdline: LINUX_CMDLINE,
+      cmdline: options.cmdline ?? LINUX_CMDLINE,
       memory_size: LINUX_MEMORY_SIZE,
       acpi: true,
       autostart: false,
