@@ -14,18 +14,28 @@ import {
   compareLogs,
   compareRecordedFlow,
   compareRecordedRngFlow,
+  DriverFeaturesWordGuard,
   differentialResults,
   formatQemuReport,
+  freeUdpPort,
   generateSequence,
   MICROVM_VIRTIO_MMIO_BASE,
+  NetPeerCell,
   Prng,
   printQemuCheck,
   probeDepartures,
   QEMU_CONSOLE_PORT_NAME,
   QEMU_DEPARTURES,
+  QEMU_NET_BURST,
+  QEMU_NET_PINGS,
+  QEMU_NET_RR_TRANSACTIONS,
   QemuMicrovm,
+  QemuNetPeer,
+  type QemuScenario,
   qemuAvailability,
   qemuConsoleScenarios,
+  qemuDgramNetdev,
+  qemuNetFrameScenarios,
   qemuScenarios,
   type Report,
   runQemuCheck,
@@ -379,8 +389,9 @@ describe.skipIf(!availability.available)('qemu: differential register behaviour'
     const text = lines.join('\n');
     expect(code, text).toBe(0);
     expect(text).toMatch(/^PASS v2 probe rng\/blk\/net \(/m);
-    // 13 driver scenarios + 4 console scenarios + 8 differential results.
-    expect(text).toMatch(/result: PASS: 25 passed, 0 failed/);
+    // 13 driver scenarios + 4 console scenarios + 7 net frame scenarios + 8 differential results.
+    expect(text).toMatch(/result: PASS: 32 passed, 0 failed/);
+    expect(text).toMatch(/^PASS v1 net frames no mrg_rxbuf \(/m);
     expect(text).toMatch(/^PASS v2 console multiport both ways \(/m);
   });
 
@@ -432,3 +443,133 @@ describe.skipIf(!availability.available)('qemu: our console driver against virti
     expect(() => ch?.write(Uint8Array.of(1))).toThrow(/channel closed/);
   }, 60_000);
 });
+
+describe('net peer worker (no qemu needed)', () => {
+  it('starts, binds its own port, answers nothing unasked, and is gone after close', async () => {
+    const peer = await QemuNetPeer.start();
+    try {
+      expect(peer.alive).toBe(true);
+      expect(peer.dgram.localPort).toBeGreaterThan(0);
+      expect(peer.dgram.remotePort).toBeGreaterThan(0);
+      expect(peer.dgram.remotePort).not.toBe(peer.dgram.localPort);
+      expect(peer.ip).toBe('10.0.2.2');
+      expect(Object.values(peer.counters()).every((v) => v === 0)).toBe(true);
+      // No guest MAC learned yet: the bulk send sends nothing.
+      expect(peer.bulkSend(0x0a00020f, 5002, 3, 64)).toBe(0);
+      // A bad size is refused inside the worker and reported as -1.
+      expect(peer.bulkSend(0x0a00020f, 5002, 1, 2)).toBe(-1);
+      expect(() => peer.waitCounters(() => false, 'never', 30)).toThrow(/never not reached in 30 ms/);
+    } finally {
+      await peer.close();
+    }
+    expect(peer.alive).toBe(false);
+    await peer.close();
+    expect(() => peer.counters()).not.toThrow();
+    expect(() => peer.bulkSend(1, 1, 1, 64)).toThrow(/net peer closed/);
+    expect(() => peer.waitCounters(() => true, 'x')).toThrow(/net peer closed/);
+  });
+
+  it('fails to start with a reason when the peer cannot be built, leaving no worker', async () => {
+    await expect(QemuNetPeer.start({ rrResponseSize: 5 })).rejects.toThrow(
+      /net peer worker failed: rr response size 5 not in 8\.\.1472/,
+    );
+    await expect(QemuNetPeer.start({ ip: '10.0.2' })).rejects.toThrow(/net peer worker failed/);
+  });
+
+  it('picks free ports and writes the netdev in both syntaxes', async () => {
+    const a = await freeUdpPort();
+    expect(a).toBeGreaterThan(0);
+    const ports = { localPort: 4000, remotePort: 5000 };
+    expect(qemuDgramNetdev('/nonexistent/qemu', 'n0', ports)).toBe(
+      'socket,id=n0,udp=127.0.0.1:5000,localaddr=127.0.0.1:4000',
+    );
+    if (availability.binary !== null && availability.available) {
+      expect(qemuDgramNetdev(availability.binary, 'n0', ports)).toBe(
+        'dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=4000,remote.type=inet,remote.host=127.0.0.1,remote.port=5000',
+      );
+    }
+    expect(NetPeerCell.failed).toBeGreaterThan(NetPeerCell.commandResult);
+  });
+
+  it('always stops the peer: after a failing body and after a failing QEMU start', async () => {
+    const peers: QemuNetPeer[] = [];
+    const scenario = (run: QemuScenario['run']): QemuScenario => ({
+      name: 'failing',
+      version: 2,
+      devices: [{ kind: 'net' }],
+      async prepare() {
+        const p = await QemuNetPeer.start();
+        peers.push(p);
+        return [{ kind: 'net', dgram: p.dgram }];
+      },
+      async cleanup() {
+        await peers[peers.length - 1]?.close();
+      },
+      run,
+    });
+    const saved = process.env.QEMU_MICROVM;
+    process.env.QEMU_MICROVM = '/nonexistent/qemu-system-x86_64-microvm';
+    try {
+      const r = await runScenario(scenario(() => 'unreached'));
+      expect(r.ok).toBe(false);
+      expect(r.detail).toMatch(/not found/);
+    } finally {
+      if (saved === undefined) delete process.env.QEMU_MICROVM;
+      else process.env.QEMU_MICROVM = saved;
+    }
+    expect(peers).toHaveLength(1);
+    expect(peers[0].alive).toBe(false);
+    if (availability.available) {
+      const r = await runScenario(
+        scenario(() => {
+          throw new VirtioError('DEVICE_FAILED', 'body failed');
+        }),
+      );
+      expect(r).toMatchObject({ ok: false, detail: 'VirtioError: body failed' });
+      expect(peers).toHaveLength(2);
+      expect(peers[1].alive).toBe(false);
+    }
+  });
+
+  it('the feature word guard drops exactly the writes of words 2 and up, and refuses a non-zero one', () => {
+    const log: string[] = [];
+    const inner = {
+      read32: (o: number) => o,
+      write32: (o: number, v: number) => log.push(`w${o.toString(16)}=${v.toString(16)}`),
+      read8: () => 0,
+      read16: () => 0,
+      write8: () => {},
+      write16: () => {},
+    };
+    const g = new DriverFeaturesWordGuard(inner);
+    for (let i = 0; i < 4; i++) {
+      g.write32(MmioReg.DriverFeaturesSel, i);
+      g.write32(MmioReg.DriverFeatures, i === 1 ? 1 : i === 0 ? 0x30 : 0);
+    }
+    g.write32(MmioReg.Status, 0xb);
+    expect(log).toEqual(['w24=0', 'w20=30', 'w24=1', 'w20=1', 'w70=b']);
+    expect(g.dropped).toBe(4);
+    expect(g.read32(MmioReg.Status)).toBe(MmioReg.Status);
+    g.write32(MmioReg.DriverFeaturesSel, 2);
+    expect(() => g.write32(MmioReg.DriverFeatures, 1)).toThrow(/driver features word 2 is 0x1/);
+    // Other registers still pass while a high selector is set.
+    g.write32(MmioReg.QueueSel, 1);
+    expect(log[log.length - 1]).toBe('w30=1');
+  });
+});
+
+describe.skipIf(!availability.available)(
+  'qemu: our net driver exchanges frames with virtio-net-device',
+  () => {
+    for (const s of qemuNetFrameScenarios()) {
+      it(s.name, async () => {
+        const r = await runScenario(s);
+        expect(r.ok, r.detail).toBe(true);
+        if (s.name.includes('net frames')) {
+          expect(r.detail).toContain(`tx ${String(1 + QEMU_NET_PINGS + QEMU_NET_RR_TRANSACTIONS)} frames`);
+          expect(r.detail).toContain(`burst of ${String(QEMU_NET_BURST)}: first harvest 64, all in order`);
+        }
+      }, 60_000);
+    }
+  },
+);

@@ -10,7 +10,7 @@
  */
 
 import type { GuestMemory } from '../../memory/index.js';
-import { MemoryError, VirtioError } from '../../spec/index.js';
+import { hex, MemoryError, MmioReg, VirtioError } from '../../spec/index.js';
 import type { GuestIrqPlatform, MmioAccess } from '../../transport/index.js';
 import type { QtestClient } from './qtest.js';
 
@@ -258,5 +258,59 @@ export class RecordingMmioAccess implements MmioAccess {
   write16(offset: number, value: number): void {
     this.inner.write16(offset, value);
     this.rec('w', 2, offset, value & 0xffff);
+  }
+}
+
+/**
+ * Passes every access through except DriverFeatures writes with a DriverFeaturesSel of 2 or more,
+ * which must be 0 (no feature bits there) and are dropped with their selector write: the driver
+ * then writes words 0 and 1 only, as Linux does. For QEMU 7.2's modern transport, where any
+ * non-zero DriverFeaturesSel selects word 1, so writing word 2 would erase VIRTIO_F_VERSION_1
+ * (departure `driver-features-sel-high`, docs/qemu-departures.md).
+ */
+export class DriverFeaturesWordGuard implements MmioAccess {
+  /** Writes dropped (selector writes and the zero words). */
+  dropped = 0;
+  private sel = 0;
+
+  constructor(private readonly inner: MmioAccess) {}
+
+  read32(offset: number): number {
+    return this.inner.read32(offset);
+  }
+  /**
+   * @throws VirtioError `INVALID_ARGUMENT` for a non-zero DriverFeatures word 2 or above (QEMU
+   *   could not be told about it)
+   */
+  write32(offset: number, value: number): void {
+    if (offset === MmioReg.DriverFeaturesSel) {
+      this.sel = value >>> 0;
+      if (this.sel >= 2) {
+        this.dropped++;
+        return;
+      }
+    } else if (offset === MmioReg.DriverFeatures && this.sel >= 2) {
+      if (value !== 0) {
+        throw new VirtioError(
+          'INVALID_ARGUMENT',
+          `driver features word ${String(this.sel)} is ${hex(value >>> 0)}: qemu cannot take it`,
+        );
+      }
+      this.dropped++;
+      return;
+    }
+    this.inner.write32(offset, value);
+  }
+  read8(offset: number): number {
+    return this.inner.read8(offset);
+  }
+  read16(offset: number): number {
+    return this.inner.read16(offset);
+  }
+  write8(offset: number, value: number): void {
+    this.inner.write8(offset, value);
+  }
+  write16(offset: number, value: number): void {
+    this.inner.write16(offset, value);
   }
 }

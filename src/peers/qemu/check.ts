@@ -1,6 +1,7 @@
 /**
- * `virtio-mmio check qemu`: runs every QEMU peer check (part 2 scenarios and the console scenarios,
- * part 3 differential comparison and departure probes) and builds a readable conformance report.
+ * `virtio-mmio check qemu`: runs every QEMU peer check (part 2 scenarios, the console scenarios and
+ * the net frame scenarios; part 3 differential comparison and departure probes) and builds a
+ * readable conformance report.
  *
  * @packageDocumentation
  */
@@ -15,6 +16,7 @@ import {
   QEMU_DEPARTURES,
   TWIN_DISK_BYTES,
 } from './differential.js';
+import { qemuNetFrameScenarios } from './netScenarios.js';
 import { QemuMicrovm, qemuAvailability } from './qemuProcess.js';
 import { qemuScenarios, runScenario, type ScenarioResult } from './scenarios.js';
 
@@ -187,7 +189,7 @@ export async function runQemuCheck(options: QemuCheckOptions = {}): Promise<Repo
   const sequences = options.sequences ?? QEMU_GENERATED_SEQUENCES;
   const seed = options.seed ?? QEMU_GENERATED_SEED;
   const drivers: ReportSection = { title: 'our drivers drive QEMU devices (qtest)', results: [] };
-  for (const s of [...qemuScenarios(), ...qemuConsoleScenarios()]) {
+  for (const s of [...qemuScenarios(), ...qemuConsoleScenarios(), ...qemuNetFrameScenarios()]) {
     const r = await runScenario(s);
     drivers.results.push(r);
     options.onResult?.(drivers.title, r);

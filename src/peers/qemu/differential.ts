@@ -83,6 +83,14 @@ export const QEMU_DEPARTURES: readonly QemuDeparture[] = [
       'instead of reading 0; DeviceFeatures reads with a selector >= 2 are not compared',
   },
   {
+    name: 'driver-features-sel-high',
+    section: '4.2.2 (DriverFeatures / DriverFeaturesSel)',
+    summary:
+      'modern: any non-zero DriverFeaturesSel selects feature bits 32..63, so a driver that writes words 2 and 3 ' +
+      '(0: no bits there) erases word 1 and QEMU runs without VIRTIO_F_VERSION_1 (virtio-net then strips a ' +
+      '10-byte header); the net frame scenarios write words 0 and 1 only, as Linux does; probed with our driver',
+  },
+  {
     name: 'legacy-transport-bits',
     section: '6.3 (legacy interface: reserved feature bits)',
     summary:

@@ -10,6 +10,8 @@ export * from './check.js';
 export * from './consoleChannel.js';
 export * from './consoleScenarios.js';
 export * from './differential.js';
+export * from './netPeer.js';
+export * from './netScenarios.js';
 export * from './qemuProcess.js';
 export * from './qmp.js';
 export * from './qtest.js';

@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { DeviceId, hex, MMIO_MAGIC_VALUE, MmioReg, VirtioError } from '../../spec/index.js';
 import { QemuConsoleChannel } from './consoleChannel.js';
+import { type QemuDgramPorts, qemuDgramNetdev } from './netPeer.js';
 import { QmpClient } from './qmp.js';
 import { QtestClient } from './qtest.js';
 import { SyncPipe } from './syncPipe.js';
@@ -40,7 +41,14 @@ export const QEMU_MICROVM_BINARY = 'qemu-system-x86_64-microvm';
 export type QemuDeviceSpec =
   | { readonly kind: 'rng' }
   | { readonly kind: 'blk' /** Size of the backing file in bytes (default 1 MiB). */; readonly size?: number }
-  | { readonly kind: 'net' }
+  | {
+      readonly kind: 'net';
+      /**
+       * A loopback UDP netdev (one frame per datagram, see `netPeer.ts`) with these ports; without
+       * it the device sits on a hub port with nothing behind it.
+       */
+      readonly dgram?: QemuDgramPorts;
+    }
   | {
       readonly kind: 'console';
       /** `max_ports` of virtio-serial-device (QEMU default 31; 1 means no MULTIPORT offered). */
@@ -299,13 +307,11 @@ export class QemuMicrovm {
           );
         }
       } else {
-        // A hub port: no host network needed, the link status is all that matters here.
-        args.push(
-          '-netdev',
-          'hubport,id=n0,hubid=0',
-          '-device',
-          `virtio-net-device,netdev=n0,id=${QEMU_NET_ID}`,
-        );
+        // With ports: frames go to a peer over loopback UDP. Without: a hub port, no host network
+        // needed, the link status is all that matters.
+        const netdev =
+          d.dgram === undefined ? 'hubport,id=n0,hubid=0' : qemuDgramNetdev(binary, 'n0', d.dgram);
+        args.push('-netdev', netdev, '-device', `virtio-net-device,netdev=n0,id=${QEMU_NET_ID}`);
       }
     }
     try {

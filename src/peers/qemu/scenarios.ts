@@ -71,7 +71,8 @@ export interface QemuGuest {
 }
 
 /**
- * Probes our {@link MmioDriver} on the window of `kind`.
+ * Probes our {@link MmioDriver} on the window of `kind` (through `wrap` when given, for example a
+ * `DriverFeaturesWordGuard`).
  * @throws VirtioError from the probe, or `DEVICE_NOT_FOUND` for an empty slot
  */
 export function attachGuest(
@@ -79,10 +80,12 @@ export function attachGuest(
   kind: QemuDeviceSpec['kind'],
   record = false,
   seed = false,
+  wrap: ((a: MmioAccess) => MmioAccess) | null = null,
 ): QemuGuest {
   const w = vm.window(kind);
   const qt = vm.qtest;
-  const raw = new QtestMmioAccess(qt, w.base);
+  const window = new QtestMmioAccess(qt, w.base);
+  const raw = wrap === null ? window : wrap(window);
   const recorder = record ? new RecordingMmioAccess(raw, () => qt.irqLevel(w.gsi)) : null;
   const access: MmioAccess = recorder ?? raw;
   const mem = new QtestGuestMemory(qt, vm.ramSize);
@@ -109,6 +112,13 @@ export interface QemuScenario {
   readonly devices: readonly QemuDeviceSpec[];
   /** The body; returns a one-line detail for the report. */
   run(vm: QemuMicrovm): string;
+  /**
+   * Starts host-side resources before QEMU (the net frame scenarios' peer worker) and returns the
+   * devices QEMU is started with, in place of `devices`.
+   */
+  prepare?(): Promise<readonly QemuDeviceSpec[]>;
+  /** Stops what `prepare` started; {@link runScenario} always calls it, after QEMU is stopped. */
+  cleanup?(): Promise<void>;
 }
 
 /** Probe of every window: magic, version, device id, vendor "QEMU". */
@@ -415,13 +425,18 @@ export async function runScenario(s: QemuScenario): Promise<ScenarioResult> {
   const start = performance.now();
   let vm: QemuMicrovm | null = null;
   try {
-    vm = await QemuMicrovm.start({ version: s.version, devices: s.devices });
+    const devices = s.prepare === undefined ? s.devices : await s.prepare();
+    vm = await QemuMicrovm.start({ version: s.version, devices });
     const detail = s.run(vm);
     return { name: s.name, ok: true, detail, ms: performance.now() - start };
   } catch (e) {
     const detail = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
     return { name: s.name, ok: false, detail, ms: performance.now() - start };
   } finally {
-    await vm?.close();
+    try {
+      await vm?.close();
+    } finally {
+      await s.cleanup?.();
+    }
   }
 }
