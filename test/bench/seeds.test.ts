@@ -13,6 +13,8 @@ import {
   median,
   mqMode,
   mqModes,
+  POLL_SPIN,
+  pollModes,
   rrMode,
   rrModes,
   runSeedsBench,
@@ -69,6 +71,9 @@ describe('seeds bench: statistics and ratios', () => {
       entry('line-v2 posted', 4_000),
       entry('msi posted', 12_000),
       entry('msi-shared posted', 15_000),
+      entry('ideal poll', 60_000),
+      entry('msi posted poll', 45_000),
+      entry('line-v2 trapped poll', 20_000),
       entry('msi posted', 8_000, 'blk-qd1'),
       entry('line-v2 posted', 4_000, 'blk-qd1'),
       entry('msi posted', 30_000, 'blk-qd32'),
@@ -80,7 +85,10 @@ describe('seeds bench: statistics and ratios', () => {
     expect(r.msiOverLine).toBe(2.5);
     expect(r.msiOverLinePosted).toBe(3);
     expect(r.bestOverIdeal).toBe(0.5);
+    // Blocking rows against the blocking ideal, polling rows against the polling ideal.
     expect(r.bestMode).toBe('msi-shared posted');
+    expect(r.bestOverIdealPoll).toBe(0.75);
+    expect(r.bestModePoll).toBe('msi posted poll');
     expect(r.blkMsiOverLineQd1).toBe(2);
     expect(r.blkMsiOverLineQd32).toBe(1.5);
     expect(r.perQueueOverShared).toBe(1.5);
@@ -104,6 +112,8 @@ describe('seeds bench: statistics and ratios', () => {
       msiOverLinePosted: null,
       bestOverIdeal: null,
       bestMode: null,
+      bestOverIdealPoll: null,
+      bestModePoll: null,
       perQueueOverShared: null,
     });
   });
@@ -312,6 +322,7 @@ describe('seeds bench: the JSON shape', () => {
       out: join(dir, 'out'),
       workloads: ['rr'],
       modes: ['msi posted'],
+      poll: false,
       overrides: { runs: 2, warmup: 10, durationMs: 0, maxTransactions: 200 },
       onProgress: (p) => seen.push(p.done),
     });
@@ -368,7 +379,9 @@ describe('seeds bench: the JSON shape', () => {
     expect(parsed.results[0]).toMatchObject({ mode: 'ideal', exits: 0, doorbells: 0, interrupts: 0 });
     expect(Object.keys(parsed.ratios).sort()).toEqual([
       'bestMode',
+      'bestModePoll',
       'bestOverIdeal',
+      'bestOverIdealPoll',
       'blkMsiOverLineQd1',
       'blkMsiOverLineQd32',
       'msiOverLine',
@@ -383,6 +396,29 @@ describe('seeds bench: the JSON shape', () => {
     expect(table).toContain('msi posted');
     expect(table).toContain('msiOverLine');
     expect(table).toContain('bestOverIdeal');
+  });
+});
+
+describe('seeds bench: polling rows', () => {
+  it('the same modes under the polling policy, beside their own ideal, named with " poll"', async () => {
+    const result = await runSeedsBench({
+      quick: true,
+      workloads: ['rr'],
+      modes: ['msi posted'],
+      overrides: { runs: 1, warmup: 10, durationMs: 0, maxTransactions: 100 },
+    });
+    expect(result.results.map((r) => r.mode)).toEqual([
+      'ideal',
+      'msi posted',
+      'ideal poll',
+      'msi posted poll',
+    ]);
+    expect(result.config.pollWait).toEqual({ vcpuSpin: POLL_SPIN, vmmSpin: POLL_SPIN });
+    expect(result.ratios.bestMode).toBe('msi posted');
+    expect(result.ratios.bestModePoll).toBe('msi posted poll');
+    expect(pollModes(true).map((m) => m.name)).toEqual(['line-v2 trapped', 'msi trapped', 'msi posted']);
+    expect(pollModes(false).every((m) => m.eventIdx)).toBe(true);
+    expect(pollModes(false)).toHaveLength(14);
   });
 });
 

@@ -113,6 +113,11 @@ export function formatSeedsTable(result: SeedsBenchResult): string[] {
   lines.push(
     `bestOverIdeal: ${ratioText(q.bestOverIdeal)}${q.bestMode === null ? '' : ` (${q.bestMode})`}   target: within 1.5x of ideal, i.e. >= 0.67x`,
   );
+  if (q.bestOverIdealPoll !== null) {
+    lines.push(
+      `bestOverIdealPoll: ${ratioText(q.bestOverIdealPoll)}${q.bestModePoll === null ? '' : ` (${q.bestModePoll})`}   polling against polling (every thread spins before it blocks)`,
+    );
+  }
   lines.push(
     `blkMsiOverLine (msi posted / line-v2 posted, IOPS): QD1 ${ratioText(q.blkMsiOverLineQd1)}, QD32 ${ratioText(q.blkMsiOverLineQd32)}   Kata: +34 % (1.34x)`,
   );

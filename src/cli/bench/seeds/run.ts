@@ -19,6 +19,7 @@ import { writeSeedsOutputs } from './report.js';
 import {
   computeRatios,
   median,
+  POLL_SUFFIX,
   SEEDS_BENCH_SCHEMA,
   type SeedsBenchResult,
   type SeedsConfig,
@@ -54,6 +55,8 @@ export interface SeedsBenchOptions {
   readonly workloads?: readonly SeedsWorkload[];
   /** Only these modes (by name, every workload; `ideal` is always measured with `rr`). Default: all of the run. */
   readonly modes?: readonly string[];
+  /** Also measure the polling rows (default true). */
+  readonly poll?: boolean;
   /** Overrides of the run's configuration (tests use tiny runs). */
   readonly overrides?: Partial<
     Pick<SeedsConfig, 'runs' | 'warmup' | 'durationMs' | 'maxTransactions' | 'wait'>
@@ -93,8 +96,25 @@ export function seedsConfig(options: Pick<SeedsBenchOptions, 'quick' | 'override
     requestSize: 32,
     responseSize: 1024,
     wait: { vcpuSpin: o.wait?.vcpuSpin ?? 0, vmmSpin: o.wait?.vmmSpin ?? 0 },
+    // Polling rows: every thread spins this many loads before it blocks (KVM halt polling; the
+    // VMM's poll budget is the ioeventfd thread busy-polling). ~0.1-0.5 ms on this machine.
+    pollWait: { vcpuSpin: POLL_SPIN, vmmSpin: POLL_SPIN },
     workloads: ['rr', 'mq', 'bulk', 'blk'],
   };
+}
+
+/** Loads each thread polls before blocking in the `... poll` rows. */
+export const POLL_SPIN = 200_000;
+
+/**
+ * The request/response modes also measured under the polling policy: quick, the headline three
+ * (line-v2 trapped, msi trapped, msi posted); full, every layout with EVENT_IDX, trapped and posted.
+ */
+export function pollModes(quick: boolean): RrMode[] {
+  const all = rrModes(false).filter((m) => m.eventIdx);
+  if (!quick) return all;
+  const names = new Set(['line-v2 trapped', 'msi trapped', 'msi posted']);
+  return all.filter((m) => names.has(m.name));
 }
 
 /** Counts summed over the timed runs of a mode. */
@@ -353,7 +373,7 @@ export async function measureBlkMode(
  * machine with no device) through a SharedArrayBuffer, 32 B request and 1024 B response copied,
  * with the same waiting policy as the device modes.
  */
-export async function measureRrIdeal(config: SeedsConfig): Promise<SeedsResultEntry> {
+export async function measureRrIdeal(config: SeedsConfig, name = 'ideal'): Promise<SeedsResultEntry> {
   const vm = await ThreadedVm.start({ vcpus: 2, wait: config.wait });
   const spin = config.wait.vcpuSpin;
   const once = async (warmup: number, count: number, durationMs: number): Promise<RrRunResult> => {
@@ -389,7 +409,7 @@ export async function measureRrIdeal(config: SeedsConfig): Promise<SeedsResultEn
     }
     return {
       workload: 'rr',
-      mode: 'ideal',
+      mode: name,
       metric: 'trans/s',
       value: median(runs.map((r) => r.transPerSec)),
       runs: runs.map((r) => r.transPerSec),
@@ -441,6 +461,19 @@ export async function runSeedsBench(options: SeedsBenchOptions): Promise<SeedsBe
     steps.push({ label: 'rr ideal', run: () => measureRrIdeal(config) });
     for (const mode of modes)
       steps.push({ label: `rr ${mode.name}`, run: () => measureRrMode(mode, config) });
+    if (options.poll !== false && config.pollWait !== undefined) {
+      const pollConfig: SeedsConfig = { ...config, wait: config.pollWait };
+      const names = new Set(modes.map((m) => m.name));
+      steps.push({
+        label: `rr ideal${POLL_SUFFIX}`,
+        run: () => measureRrIdeal(pollConfig, `ideal${POLL_SUFFIX}`),
+      });
+      for (const mode of pollModes(options.quick)) {
+        if (!names.has(mode.name)) continue;
+        const polled = { ...mode, name: `${mode.name}${POLL_SUFFIX}` };
+        steps.push({ label: `rr ${polled.name}`, run: () => measureRrMode(polled, pollConfig) });
+      }
+    }
   }
   if (workloads.includes('mq')) {
     for (const mode of mq)
