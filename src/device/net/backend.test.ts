@@ -72,3 +72,35 @@ describe('createNetLink', () => {
     expect(() => createNetLink({ capacity: 1.5 })).toThrow(VirtioError);
   });
 });
+
+describe('in-process link buffers', () => {
+  it('recycles small frame buffers after delivery; a handler that keeps a frame must copy it', () => {
+    const link = createNetLink();
+    const views: Uint8Array[] = [];
+    const copies: Uint8Array[] = [];
+    link.b.onReceive((f) => {
+      views.push(f);
+      copies.push(f.slice());
+    });
+    for (let i = 0; i < 3; i++) {
+      link.a.send(new Uint8Array(100).fill(i + 1));
+      link.pump();
+    }
+    // Each frame arrived whole and in order ...
+    expect(copies.map((c) => [c.length, c[0], c[99]])).toEqual([
+      [100, 1, 1],
+      [100, 2, 2],
+      [100, 3, 3],
+    ]);
+    // ... in the same recycled buffer (no allocation per frame): a kept view shows the newest frame.
+    expect(views[0].buffer).toBe(views[2].buffer);
+    expect(views[0][0]).toBe(3);
+    // Frames too big for the pool are plain copies.
+    const big: Uint8Array[] = [];
+    link.b.onReceive((f) => big.push(f));
+    link.a.send(new Uint8Array(4000).fill(9));
+    link.a.send(new Uint8Array(4000).fill(8));
+    link.pump();
+    expect([big[0][0], big[1][0]]).toEqual([9, 8]);
+  });
+});

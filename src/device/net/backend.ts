@@ -74,8 +74,15 @@ export interface NetLink {
   close(): void;
 }
 
+/** Frames up to this size are copied into recycled buffers (no allocation per frame). */
+const POOLED_FRAME_BYTES = 2048;
+/** Most recycled buffers kept per endpoint. */
+const POOL_MAX = 64;
+
 /** Internal state of one direction's receiving end. */
 class Endpoint implements NetLinkEndpoint {
+  /** Recycled {@link POOLED_FRAME_BYTES}-byte buffers for frames sent to this end. */
+  private readonly pool: Uint8Array[] = [];
   readonly counters: NetLinkCounters = { sent: 0, delivered: 0, dropped: 0 };
   /** Frames waiting to be delivered to this end (FIFO, head at `head`). */
   readonly inbox: Uint8Array[] = [];
@@ -101,12 +108,27 @@ class Endpoint implements NetLinkEndpoint {
       peer.counters.dropped++;
       return;
     }
-    peer.inbox.push(frame.slice());
+    peer.inbox.push(peer.copyIn(frame));
     this.link.scheduled();
   }
 
   onReceive(handler: NetReceiveHandler): void {
     this.handler = handler;
+  }
+
+  /** A copy of `frame`, in a recycled buffer when it is small enough. */
+  copyIn(frame: Uint8Array): Uint8Array {
+    if (frame.length > POOLED_FRAME_BYTES) return frame.slice();
+    const buf = this.pool.pop() ?? new Uint8Array(POOLED_FRAME_BYTES);
+    buf.set(frame);
+    return buf.subarray(0, frame.length);
+  }
+
+  /** Returns a delivered frame's buffer to the pool (handlers copy what they keep). */
+  private recycle(frame: Uint8Array): void {
+    if (frame.buffer.byteLength === POOLED_FRAME_BYTES && this.pool.length < POOL_MAX) {
+      this.pool.push(new Uint8Array(frame.buffer, 0, POOLED_FRAME_BYTES));
+    }
   }
 
   /** Delivers the oldest waiting frame; false when none waits. */
@@ -122,7 +144,11 @@ class Endpoint implements NetLinkEndpoint {
       return true;
     }
     this.counters.delivered++;
-    this.handler(frame);
+    try {
+      this.handler(frame);
+    } finally {
+      this.recycle(frame);
+    }
     return true;
   }
 

@@ -11,7 +11,7 @@ function setup() {
   const link = createNetLink();
   const peer = new HostPeer({ backend: link.b, ip: PEER_IP });
   const got: Uint8Array[] = [];
-  link.a.onReceive((f) => got.push(f));
+  link.a.onReceive((f) => got.push(f.slice()));
   const udp = (dstPort: number, data: Uint8Array): void => {
     link.a.send(
       buildUdpFrame(
@@ -90,5 +90,46 @@ describe('HostPeer bulk receiver: bounded duplicate window', () => {
     send(4 + HOST_PEER_SINK_WINDOW + 5);
     expect(c.sinkDuplicates).toBe(2);
     expect(c.sinkOutOfOrder).toBe(2);
+  });
+});
+
+describe('HostPeer request/response answers', () => {
+  it('echo the first 8 request bytes with valid IPv4 and UDP checksums, for any id and across flows', () => {
+    const { peer, got, link } = setup();
+    let x = 12345;
+    const rand = (): number => {
+      x = (x * 1103515245 + 12345) >>> 0;
+      return x >>> 24;
+    };
+    for (let i = 0; i < 500; i++) {
+      const req = new Uint8Array(i % 3 === 0 ? 5 : 32).map(() => rand());
+      const port = 40000 + (i % 4);
+      link.a.send(
+        buildUdpFrame(
+          peer.mac,
+          GUEST_MAC,
+          { src: GUEST_IP, dst: peer.ip, id: i },
+          { srcPort: port, dstPort: peer.rrPort, data: req },
+        ),
+      );
+      link.pump();
+      link.pump();
+      const f = got.pop();
+      if (f === undefined) throw new Error('no answer');
+      const eth = parseEth(f);
+      const ip = eth === null ? null : parseIpv4(eth.payload);
+      // parseIpv4 and parseUdp return null for a wrong checksum.
+      expect(ip).not.toBeNull();
+      const u = ip === null ? null : parseUdp(ip.src, ip.dst, ip.payload);
+      expect(u).not.toBeNull();
+      if (u === null) return;
+      expect(u.dstPort).toBe(port);
+      expect(u.data.length).toBe(peer.rrResponseSize);
+      const echo = new Uint8Array(8);
+      echo.set(req.subarray(0, 8));
+      expect(u.data.subarray(0, 8)).toEqual(echo);
+      expect(u.data.subarray(8).every((b) => b === 0)).toBe(true);
+    }
+    expect(peer.counters.rrTransactions).toBe(500);
   });
 });

@@ -31,6 +31,7 @@ import {
   EtherType,
   IcmpType,
   IpProto,
+  internetChecksum,
   macEquals,
   parseArp,
   parseEth,
@@ -58,6 +59,11 @@ export interface HostPeerOptions {
   /** UDP port of the bulk source (answers requests with bulk datagrams). Default {@link HOST_PEER_SOURCE_PORT}. */
   sourcePort?: number;
 }
+
+/** Offsets in a request/response answer frame: IPv4 header, UDP header, UDP payload. */
+const RR_IP = 14;
+const RR_UDP = RR_IP + 20;
+const RR_PAYLOAD = RR_UDP + 8;
 
 /** Default port of the request/response server (netperf's data port). */
 export const HOST_PEER_RR_PORT = 12866;
@@ -160,6 +166,9 @@ export class HostPeer {
   private ipId = 0;
   /** Next sequence number of the bulk source. */
   private sourceSeq = 0;
+  /** The last request/response flow's answer frame and its checksum base (see rrAnswer). */
+  private rrTemplate: { mac: Uint8Array; ip: number; port: number; frame: Uint8Array; base: number } | null =
+    null;
 
   /** @throws VirtioError `INVALID_ARGUMENT` for a bad address, port or size */
   constructor(options: HostPeerOptions) {
@@ -270,17 +279,8 @@ export class HostPeer {
       return;
     }
     if (u.dstPort === this.rrPort) {
-      const resp = new Uint8Array(this.rrResponseSize);
-      resp.set(u.data.subarray(0, 8));
       this.counters.rrTransactions++;
-      this.emit(
-        buildUdpFrame(
-          srcMac,
-          this.mac,
-          { src: this.ip, dst: ip.src, id: this.nextId() },
-          { srcPort: this.rrPort, dstPort: u.srcPort, data: resp },
-        ),
-      );
+      this.emit(this.rrAnswer(srcMac, ip.src, u.srcPort, u.data));
     } else if (u.dstPort === this.sinkPort && u.data.length >= 4) {
       this.sinkReceive(u.data);
     } else if (u.dstPort === this.sourcePort && u.data.length >= 8) {
@@ -328,6 +328,51 @@ export class HostPeer {
     seen[(seq & 0xffff) >>> 3] |= 1 << (seq & 7);
     c.sinkDatagrams++;
     c.sinkBytes += data.length;
+  }
+
+  /**
+   * The answer to a request/response transaction: the flow's response frame (built once, then
+   * kept) with the request's first 8 bytes echoed, a new IP id, the IP header checksum recomputed
+   * and the UDP checksum updated for the 8 changed bytes (RFC 1624). Returns the kept frame
+   * itself: a backend copies what it keeps past `send` (the {@link NetBackend} contract).
+   */
+  private rrAnswer(mac: Uint8Array, dstIp: number, dstPort: number, req: Uint8Array): Uint8Array {
+    let t = this.rrTemplate;
+    if (t === null || t.ip !== dstIp || t.port !== dstPort || !macEquals(t.mac, mac)) {
+      const frame = buildUdpFrame(
+        mac,
+        this.mac,
+        { src: this.ip, dst: dstIp, id: 0 },
+        { srcPort: this.rrPort, dstPort, data: new Uint8Array(this.rrResponseSize) },
+      );
+      // One's complement sum of the pseudo-header and the segment with a zero payload and checksum
+      // field: the checksum the frame carries, inverted back (0xffff stands for a sum of 0).
+      const carried = (frame[RR_UDP + 6] << 8) | frame[RR_UDP + 7];
+      t = { mac: mac.slice(0, 6), ip: dstIp, port: dstPort, frame, base: ~carried & 0xffff };
+      this.rrTemplate = t;
+    }
+    const f = t.frame;
+    let sum = t.base;
+    for (let i = 0; i < 8; i += 2) {
+      const hi = i < req.length ? req[i] : 0;
+      const lo = i + 1 < req.length ? req[i + 1] : 0;
+      f[RR_PAYLOAD + i] = hi;
+      f[RR_PAYLOAD + i + 1] = lo;
+      sum += (hi << 8) | lo;
+    }
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+    const csum = ~sum & 0xffff;
+    f[RR_UDP + 6] = csum === 0 ? 0xff : csum >>> 8;
+    f[RR_UDP + 7] = csum === 0 ? 0xff : csum & 0xff;
+    const id = this.nextId();
+    f[RR_IP + 4] = id >>> 8;
+    f[RR_IP + 5] = id & 0xff;
+    f[RR_IP + 10] = 0;
+    f[RR_IP + 11] = 0;
+    const h = internetChecksum(f.subarray(RR_IP, RR_IP + 20));
+    f[RR_IP + 10] = h >>> 8;
+    f[RR_IP + 11] = h & 0xff;
+    return f;
   }
 
   private nextId(): number {

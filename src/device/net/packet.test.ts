@@ -188,3 +188,40 @@ describe('Ethernet, ARP, IPv4, ICMP and UDP framing', () => {
     expect(symmetricFlowHash(new Uint8Array(5))).toBe(0);
   });
 });
+
+describe('buildUdpFrame in one buffer', () => {
+  it('is byte for byte the composition of buildUdp, buildIpv4 and buildEth', () => {
+    const dst = parseMac('02:00:00:00:00:01');
+    const src = parseMac('52:54:00:12:34:56');
+    for (const len of [0, 1, 17, 18, 32, 1023, 1024, 1472]) {
+      for (const id of [undefined, 0, 0xbeef, 0x1_0001]) {
+        const data = new Uint8Array(len).map((_, i) => (i * 31 + len) & 0xff);
+        const ip = { src: parseIpv4Address('10.0.2.15'), dst: parseIpv4Address('10.0.2.2'), id };
+        const udp = { srcPort: 40000, dstPort: 12866, data };
+        const composed = buildEth(
+          dst,
+          src,
+          EtherType.IPV4,
+          buildIpv4({ proto: IpProto.UDP, src: ip.src, dst: ip.dst, id }, buildUdp(ip.src, ip.dst, udp)),
+        );
+        expect(buildUdpFrame(dst, src, ip, udp)).toEqual(composed);
+      }
+    }
+  });
+
+  it('refuses a datagram that does not fit an IPv4 packet', () => {
+    const mac = parseMac('02:00:00:00:00:01');
+    let err: unknown;
+    try {
+      buildUdpFrame(
+        mac,
+        mac,
+        { src: 1, dst: 2 },
+        { srcPort: 1, dstPort: 2, data: new Uint8Array(0xffff - 20) },
+      );
+    } catch (e) {
+      err = e;
+    }
+    expect((err as { code?: string }).code).toBe('INVALID_ARGUMENT');
+  });
+});

@@ -359,20 +359,64 @@ export function parseUdp(src: number, dst: number, data: Uint8Array): UdpDatagra
   return { srcPort: (d[0] << 8) | d[1], dstPort: (d[2] << 8) | d[3], data: d.subarray(UDP_HLEN) };
 }
 
-/** Builds a whole Ethernet frame carrying an IPv4/UDP datagram. */
+/**
+ * Builds a whole Ethernet frame carrying an IPv4/UDP datagram (the same bytes as
+ * `buildEth(…, buildIpv4(…, buildUdp(…)))`, written into one buffer: one allocation, one copy).
+ * @throws VirtioError `INVALID_ARGUMENT` for a datagram that does not fit an IPv4 packet
+ */
 export function buildUdpFrame(
   dstMac: Uint8Array,
   srcMac: Uint8Array,
   ip: { src: number; dst: number; id?: number },
   udp: UdpDatagram,
 ): Uint8Array {
-  const seg = buildUdp(ip.src, ip.dst, udp);
-  return buildEth(
-    dstMac,
-    srcMac,
-    EtherType.IPV4,
-    buildIpv4({ proto: IpProto.UDP, src: ip.src, dst: ip.dst, id: ip.id }, seg),
-  );
+  const udpLen = UDP_HLEN + udp.data.length;
+  if (udpLen > 0xffff) throw new VirtioError('INVALID_ARGUMENT', `udp datagram of ${udpLen} bytes`);
+  const total = IPV4_HLEN + udpLen;
+  if (total > 0xffff) throw new VirtioError('INVALID_ARGUMENT', `ipv4 packet of ${total} bytes`);
+  const f = new Uint8Array(Math.max(ETH_MIN_FRAME, ETH_HLEN + total));
+  f.set(dstMac.subarray(0, 6), 0);
+  f.set(srcMac.subarray(0, 6), 6);
+  f[12] = EtherType.IPV4 >>> 8;
+  f[13] = EtherType.IPV4 & 0xff;
+  const o = ETH_HLEN;
+  const src = ip.src >>> 0;
+  const dst = ip.dst >>> 0;
+  const id = (ip.id ?? 0) & 0xffff;
+  f[o] = 0x45;
+  f[o + 2] = total >>> 8;
+  f[o + 3] = total & 0xff;
+  f[o + 4] = id >>> 8;
+  f[o + 5] = id & 0xff;
+  f[o + 6] = 0x40; // don't fragment, as buildIpv4's default
+  f[o + 8] = 64;
+  f[o + 9] = IpProto.UDP;
+  writeU32(f, o + 12, src);
+  writeU32(f, o + 16, dst);
+  const hsum = internetChecksum(f.subarray(o, o + IPV4_HLEN));
+  f[o + 10] = hsum >>> 8;
+  f[o + 11] = hsum & 0xff;
+  const u = o + IPV4_HLEN;
+  f[u] = udp.srcPort >>> 8;
+  f[u + 1] = udp.srcPort & 0xff;
+  f[u + 2] = udp.dstPort >>> 8;
+  f[u + 3] = udp.dstPort & 0xff;
+  f[u + 4] = udpLen >>> 8;
+  f[u + 5] = udpLen & 0xff;
+  f.set(udp.data, u + UDP_HLEN);
+  const sum = internetChecksum(f.subarray(u, u + udpLen), pseudoSum(src, dst, IpProto.UDP, udpLen));
+  const csum = sum === 0 ? 0xffff : sum;
+  f[u + 6] = csum >>> 8;
+  f[u + 7] = csum & 0xff;
+  return f;
+}
+
+/** Big-endian u32 at `at`. */
+function writeU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = (v >>> 16) & 0xff;
+  b[at + 2] = (v >>> 8) & 0xff;
+  b[at + 3] = v & 0xff;
 }
 
 /** Builds a whole Ethernet frame carrying an ICMP echo message. */
