@@ -33,19 +33,28 @@ program
 program
   .command('bench')
   .description(
-    "the seeds' measurements on the threaded runtime: request/response (one flow; two flows on two vCPUs with one or two queue pairs) and 4 KiB block I/O in every interrupt and notification mode, beside the ideal bound",
+    "the seeds' measurements on the threaded runtime: request/response (one flow; two flows on two vCPUs with one or two queue pairs), bulk UDP both ways and 4 KiB block I/O in every interrupt and notification mode, beside the ideal bound",
   )
   .option('--quick', 'the sub-minute headline run', false)
   .option('--json <file>', 'write the results as JSON to this file')
   .option('--out <dir>', 'write results.json, SVG charts and report.md into this directory')
   .option('--no-progress', 'no progress bar')
+  .option('--poll', 'also measure the polling rows (default in the full run)')
+  .option('--no-poll', 'skip the polling rows')
   .option(
     '--workloads <list>',
     `comma-separated subset of ${SEEDS_WORKLOADS.join(',')}`,
     SEEDS_WORKLOADS.join(','),
   )
   .action(
-    async (opts: { quick: boolean; json?: string; out?: string; progress: boolean; workloads: string }) => {
+    async (opts: {
+      quick: boolean;
+      json?: string;
+      out?: string;
+      progress: boolean;
+      poll?: boolean;
+      workloads: string;
+    }) => {
       const bar =
         opts.progress && process.stderr.isTTY
           ? new SingleBar(
@@ -57,6 +66,7 @@ program
       const result = await runSeedsBench({
         quick: opts.quick,
         workloads: opts.workloads.split(',').map((w) => w.trim()) as SeedsWorkload[],
+        poll: opts.poll,
         json: opts.json,
         out: opts.out,
         onProgress: (p) => {

@@ -120,17 +120,23 @@ describe('seeds bench: statistics and ratios', () => {
 });
 
 describe('seeds bench: modes', () => {
-  it('full: every layout x notification x EVENT_IDX; quick: EVENT_IDX off only for line-v2 and msi', () => {
+  it('full: every layout x notification x EVENT_IDX; quick: EVENT_IDX on, posted for line-v2 and msi only', () => {
     const full = rrModes(false).map((m) => m.name);
     expect(full).toHaveLength(28);
     expect(new Set(full).size).toBe(28);
     expect(full).toContain('msi-notify posted no-event-idx');
     const quick = rrModes(true).map((m) => m.name);
-    expect(quick).toHaveLength(16);
-    expect(quick).toContain('line-v2 trapped');
-    expect(quick).toContain('msi posted no-event-idx');
-    expect(quick).not.toContain('lines-shared posted no-event-idx');
-    expect(quick).not.toContain('msi-notify posted');
+    expect(quick).toEqual([
+      'line-v2 trapped',
+      'line-v2 posted',
+      'line-v1 trapped',
+      'lines-per-queue trapped',
+      'lines-shared trapped',
+      'msi trapped',
+      'msi posted',
+      'msi-shared trapped',
+      'msi-shared posted',
+    ]);
   });
 
   it('a mode forces its interrupt mode and carries the device options', () => {
@@ -155,13 +161,14 @@ describe('seeds bench: modes', () => {
     ).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
   });
 
-  it('block modes: standard line and seed MSI, trapped and posted', () => {
+  it('block and bulk modes: standard line and seed MSI, trapped and posted; quick, posted only', () => {
     expect(blkModes().map((m) => m.name)).toEqual([
       'line-v2 trapped',
       'line-v2 posted',
       'msi trapped',
       'msi posted',
     ]);
+    expect(blkModes(true).map((m) => m.name)).toEqual(['line-v2 posted', 'msi posted']);
   });
 });
 
@@ -208,7 +215,6 @@ describe('seeds bench: multiqueue, two vCPUs (tiny runs, counts only)', () => {
       '1 pair line-v2 trapped',
       '1 pair msi trapped',
       '2 pairs line-v2 trapped',
-      '2 pairs msi-shared trapped',
       '2 pairs msi trapped',
     ]);
     const full = mqModes(false).map((m) => m.name);
@@ -405,6 +411,7 @@ describe('seeds bench: polling rows', () => {
       quick: true,
       workloads: ['rr'],
       modes: ['msi posted'],
+      poll: true,
       overrides: { runs: 1, warmup: 10, durationMs: 0, maxTransactions: 100 },
     });
     expect(result.results.map((r) => r.mode)).toEqual([
