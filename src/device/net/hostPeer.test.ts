@@ -30,7 +30,7 @@ function setup() {
 function u32s(...xs: number[]): Uint8Array {
   const b = new Uint8Array(4 * xs.length);
   const d = new DataView(b.buffer);
-  xs.forEach((x, i) => d.setUint32(4 * i, x));
+  for (let i = 0; i < xs.length; i++) d.setUint32(4 * i, xs[i]);
   return b;
 }
 
