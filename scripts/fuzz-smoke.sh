@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time-boxed fuzz smoke of every target (issue 9), for .ci/run:
-#   scripts/fuzz-smoke.sh            # 10 s per target (8 targets: about 90 s)
+#   scripts/fuzz-smoke.sh            # 10 s per target (11 targets, registry in fuzz/targets/index.ts: about 2 min)
 #   FUZZ_SECONDS=3 scripts/fuzz-smoke.sh
 # Exits non-zero on a finding; the shrunk input is saved under fuzz/findings/<target>/ (keep it as
 # a CI artifact). The regression corpus itself replays in `npm test` (test/hardening/).

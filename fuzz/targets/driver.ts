@@ -11,7 +11,7 @@
 
 import { BlkDevice, BlkDriver, MemoryBlockBackend } from '../../src/device/blk/index.js';
 import { ConsoleDevice, ConsoleDriver, MemoryConsoleBackend } from '../../src/device/console/index.js';
-import type { DeviceContext, VirtioDevice } from '../../src/device/index.js';
+import type { DeviceContext, DeviceHost, Features, VirtioDevice } from '../../src/device/index.js';
 import { RngDevice, RngDriver } from '../../src/device/rng/index.js';
 import type { RamMemory } from '../../src/memory/index.js';
 import { Machine } from '../../src/platform/index.js';
@@ -30,19 +30,25 @@ export const DRIVER_ACCESS_BOUND = 200_000;
 class Hang extends InvariantViolation {}
 
 /** Register reads, each possibly replaced by a fuzzer value. */
-class HostileAccess implements MmioAccess {
+export class HostileAccess implements MmioAccess {
   accesses = 0;
+  /** Reads whose answer was replaced. */
+  lies = 0;
   constructor(
     private readonly inner: MmioAccess,
     private readonly src: ByteSource,
     private readonly rate: number,
+    /** Register accesses allowed before the input counts as a hang. */
+    readonly bound = DRIVER_ACCESS_BOUND,
   ) {}
   private tick(): void {
-    if (++this.accesses > DRIVER_ACCESS_BOUND)
-      throw new Hang(`driver made over ${DRIVER_ACCESS_BOUND} accesses`);
+    if (++this.accesses > this.bound) throw new Hang(`driver made over ${this.bound} accesses`);
   }
   private lie(v: number, mask: number): number {
-    if (this.src.more && this.src.u8() < this.rate) return this.src.value() & mask;
+    if (this.src.more && this.src.u8() < this.rate) {
+      this.lies++;
+      return this.src.value() & mask;
+    }
     return v;
   }
   read32(o: number): number {
@@ -71,13 +77,27 @@ class HostileAccess implements MmioAccess {
   }
 }
 
+/** Hooks a target adds to {@link HostileDevice}. */
+export interface HostileHooks {
+  /** Replaces a configuration read (`v` is the real device's answer). */
+  config?(offset: number, width: 1 | 2 | 4, v: number): number;
+  /**
+   * Called for each used element the fuzzer scribbles (before it is published): lets the target
+   * write the bytes the element claims, as a device that lies consistently would.
+   */
+  scribbled?(queue: number, id: number, len: number): void;
+  /** Sees the transport's host interface (to raise configuration interrupts). */
+  attached?(host: DeviceHost): void;
+}
+
 /** A device that, after serving, lets the fuzzer corrupt its used ring and storm interrupts. */
-class HostileDevice implements VirtioDevice {
+export class HostileDevice implements VirtioDevice {
   ctx: DeviceContext | null = null;
   constructor(
     private readonly inner: VirtioDevice,
     private readonly src: ByteSource,
     private readonly ram: RamMemory,
+    private readonly hooks: HostileHooks = {},
   ) {}
   get deviceId() {
     return this.inner.deviceId;
@@ -92,10 +112,21 @@ class HostileDevice implements VirtioDevice {
     return this.inner.configSize;
   }
   readConfig(o: number, w: 1 | 2 | 4): number {
-    return this.inner.readConfig(o, w);
+    const v = this.inner.readConfig(o, w);
+    return this.hooks.config === undefined ? v : this.hooks.config(o, w, v);
   }
   writeConfig(o: number, w: 1 | 2 | 4, v: number): boolean {
     return this.inner.writeConfig(o, w, v);
+  }
+  attach(host: DeviceHost): void {
+    this.hooks.attached?.(host);
+    this.inner.attach?.(host);
+  }
+  validateFeatures(accepted: Features): boolean {
+    return this.inner.validateFeatures?.(accepted) ?? true;
+  }
+  resetQueue(index: number): void {
+    this.inner.resetQueue?.(index);
   }
   activate(ctx: DeviceContext): void {
     this.ctx = ctx;
@@ -116,8 +147,11 @@ class HostileDevice implements VirtioDevice {
     for (let k = 0; k < n; k++) {
       const slot = src.u16() & (q.size - 1);
       const e = q.usedRing + USED_RING + 8 * slot;
-      this.ram.write32(e, src.u8() < 128 ? src.below(q.size) : src.u32());
-      this.ram.write32(e + 4, src.value());
+      const id = src.u8() < 128 ? src.below(q.size) : src.u32();
+      const len = src.value();
+      this.hooks.scribbled?.(i, id, len);
+      this.ram.write32(e, id);
+      this.ram.write32(e + 4, len);
       if (src.bool())
         this.ram.write16(q.usedRing + USED_IDX, (this.ram.read16(q.usedRing + USED_IDX) + 1) & 0xffff);
       else if (src.u8() < 16) this.ram.write16(q.usedRing + USED_IDX, src.u16());

@@ -1,6 +1,7 @@
 /** Every fuzz target, by name. */
 import { deviceTargets } from './devices.js';
 import { driverTargets } from './driver.js';
+import { netDriverTarget } from './driverNet.js';
 import { queueTarget } from './queue.js';
 import { transportTargets } from './transport.js';
 import type { FuzzTarget } from './types.js';
@@ -13,4 +14,5 @@ export const TARGETS: readonly FuzzTarget[] = [
   queueTarget,
   ...deviceTargets,
   ...driverTargets,
+  netDriverTarget,
 ];

@@ -9,10 +9,11 @@ import { describe, expect, it } from 'vitest';
 import { CheckedMemory } from '../../fuzz/lib/checkedMemory.js';
 import { BlkDevice, BlkDriver, MemoryBlockBackend } from '../../src/device/blk/index.js';
 import type { DeviceContext, VirtioDevice } from '../../src/device/index.js';
+import { createNetLink, NetDevice, NetDriver } from '../../src/device/net/index.js';
 import { RngDevice, RngDriver } from '../../src/device/rng/index.js';
 import { GuestAllocator, RamMemory } from '../../src/memory/index.js';
-import { InProcessCpu, InterruptController, MmioBus } from '../../src/platform/index.js';
-import { MmioReg, USED_IDX, USED_RING, VirtioError } from '../../src/spec/index.js';
+import { InProcessCpu, InterruptController, Machine, MmioBus } from '../../src/platform/index.js';
+import { MmioReg, NET_MIN_MTU, NetConfig, USED_IDX, USED_RING, VirtioError } from '../../src/spec/index.js';
 import { type MmioAccess, MmioDriver, MmioTransport } from '../../src/transport/index.js';
 
 const MiB = 1 << 20;
@@ -202,5 +203,56 @@ describe('a hostile device fails cleanly', () => {
     );
     expectVirtioError(() => BlkDriver.probe(r.t), ['DEVICE_FAILED', 'TIMEOUT']);
     expect(reads).toBeLessThanOrEqual(2000);
+  });
+});
+
+/** A NIC whose configuration says mtu 68 (max frame 86) while it passes whatever the wire sends. */
+class LyingMtuNic extends NetDevice {
+  override readConfig(offset: number, width: 1 | 2 | 4): number {
+    return offset === NetConfig.mtu && width === 2 ? NET_MIN_MTU : super.readConfig(offset, width);
+  }
+}
+
+/** A frame of `len` bytes, all `fill` after the addresses and EtherType. */
+function netFrame(len: number, fill: number): Uint8Array {
+  const f = new Uint8Array(len).fill(fill);
+  f.set([0x52, 0x54, 0, 0x12, 0x34, 0x56, 2, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+  return f;
+}
+
+describe('NetDriver against a NIC passing frames longer than the mtu it reports (driver-net finding)', () => {
+  function nic(driver: { rxBufferSize?: number }) {
+    const link = createNetLink();
+    const m = new Machine({ ramSize: 8 * MiB });
+    m.addDevice(new LyingMtuNic({ backend: link.a, mtu: 1500, queueSize: 16 }), { name: 'net0' });
+    const t = m.probe('net0');
+    if (t === null) throw new Error('no device');
+    const drv = NetDriver.probe(t, driver);
+    return { link, drv };
+  }
+
+  it('a single-buffer frame over maxFrame is an rx error; the next frame is delivered', () => {
+    const { link, drv } = nic({});
+    expect(drv.maxFrame).toBe(NET_MIN_MTU + 18);
+    link.b.send(netFrame(1514, 0x61));
+    link.b.send(netFrame(60, 0x62));
+    link.pump();
+    const got = drv.receive();
+    expect(got.map((f) => f.length)).toEqual([60]);
+    expect(got[0].subarray(14).every((b) => b === 0x62)).toBe(true);
+    expect(drv.stats.rxErrors).toBe(1);
+  });
+
+  it('a merged frame whose first buffer is already over maxFrame is dropped with all its buffers', () => {
+    // 256-byte buffers: the 1514-byte frame spans 7 of them (num_buffers 7); none of the six later
+    // ones may be taken for the start of a frame.
+    const { link, drv } = nic({ rxBufferSize: 256 });
+    link.b.send(netFrame(1514, 0x61));
+    link.b.send(netFrame(60, 0x62));
+    link.pump();
+    const got = drv.receive();
+    expect(got.map((f) => f.length)).toEqual([60]);
+    expect(got[0].subarray(14).every((b) => b === 0x62)).toBe(true);
+    expect(drv.stats.rxErrors).toBe(1);
   });
 });

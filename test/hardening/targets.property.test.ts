@@ -14,6 +14,7 @@ import { TARGETS } from '../../fuzz/targets/index.js';
 const RUNS: Record<string, number> = {
   'driver-rng': 150,
   'driver-blk': 150,
+  'driver-net': 150,
   transport: 400,
   'seed-msi': 400,
 };

@@ -656,6 +656,13 @@ export class ConsoleDevice implements VirtioDevice {
       }
       // 2.7.10: re-enable, then look again for buffers that raced the re-enable.
       const more = q.enableNotification(mem);
+      if (q.error !== null) {
+        // The look found avail.idx corrupt (no chain was popped when the backend was congested):
+        // reported like any ring failure (2.1.2), not left for a notification that never comes.
+        if (used) ctx.notifyUsed(index);
+        ctx.queueFailed(index, q.error);
+        return;
+      }
       if (p.blocked) {
         this.counters.blocked++;
         break;
