@@ -61,7 +61,15 @@ export function serveQueue(
       return ServeOutcome.FAILED;
     }
     // 2.7.10: re-enable, then look again for buffers that raced the re-enable.
-    if (!q.enableNotification(mem)) break;
+    const more = q.enableNotification(mem);
+    if (q.error !== null) {
+      // The look found avail.idx corrupt (another vCPU rewrote it meanwhile): a ring failure like
+      // any other (2.1.2), reported once, not left for a notification that never comes.
+      if (used) ctx.notifyUsed(index);
+      ctx.queueFailed(index, q.error);
+      return ServeOutcome.FAILED;
+    }
+    if (!more) break;
     if (pass + 1 >= MAX_PASSES_PER_NOTIFY) {
       outcome = ServeOutcome.DEFERRED;
       break;

@@ -597,7 +597,7 @@ export class NetDevice implements VirtioDevice {
     r.backlog.push(frame.slice());
     c.rxBacklogged++;
     // Ask for a kick when the driver adds buffers, and catch buffers that raced the re-enable.
-    if (q.enableNotification(ctx.mem)) this.drain(ctx, pair);
+    if (this.rearm(ctx, index)) this.drain(ctx, pair);
     return r.waiting === 0 ? 'delivered' : 'queued';
   }
 
@@ -636,9 +636,25 @@ export class NetDevice implements VirtioDevice {
         break;
       }
       // Each pass that goes on pops at least one newly available buffer: bounded by the ring.
-      if (q.error !== null || !q.enableNotification(ctx.mem)) break;
+      if (q.error !== null || !this.rearm(ctx, index)) break;
     }
     if (used) ctx.notifyUsed(index);
+  }
+
+  /**
+   * Asks for available buffer notifications on receive queue `index` and looks again (2.7.10);
+   * true when buffers raced the re-enable. A corrupt avail.idx found by that look is reported
+   * (once: only when the queue had not failed before).
+   */
+  private rearm(ctx: DeviceContext, index: number): boolean {
+    const q = ctx.queues[index];
+    const before = q.error;
+    const more = q.enableNotification(ctx.mem);
+    if (before === null && q.error !== null) {
+      ctx.queueFailed(index, q.error);
+      return false;
+    }
+    return more;
   }
 
   /**

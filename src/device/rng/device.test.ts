@@ -260,6 +260,36 @@ describe('RngDevice requests (5.4.6)', () => {
 });
 
 describe('RngDevice misuse and failures', () => {
+  it('reports an avail.idx corrupted by another vCPU while the device served, found by the look after re-enabling (once)', () => {
+    const ctxRef: { ctx: FakeContext | null } = { ctx: null };
+    let calls = 0;
+    const dev = new RngDevice({
+      queueSize: 4,
+      entropy: {
+        fill(dst) {
+          dst.fill(1);
+          // While the device serves the last buffer of its budget, the other vCPU scribbles
+          // avail.idx far past the queue size: no pop sees it, only the look after re-enabling.
+          if (++calls < 4) return;
+          const ctx = ctxRef.ctx as FakeContext;
+          const avail = ctx.drivers[0].rings.availRing;
+          ctx.mem.write16(avail + 2, 1000);
+        },
+      },
+    });
+    const ctx = activateWithFakeContext(dev);
+    ctxRef.ctx = ctx;
+    for (let t = 0; t < 4; t++) addWritable(ctx, [4], t);
+    ctx.kick(dev, 0);
+    expect(ctx.failures).toHaveLength(1);
+    expect(ctx.failures[0].error.reason).toBe('avail-idx-too-far');
+    // The requests served before the look were completed and signalled.
+    expect(dev.counters.requests).toBe(4);
+    expect(ctx.notifyCalls).toEqual([0]);
+    dev.notify(0);
+    expect(ctx.failures).toHaveLength(1);
+  });
+
   it('reports a corrupt ring once through queueFailed and stops processing', () => {
     const { ctx, dev } = setup();
     const [good] = addWritable(ctx, [8], 1);
