@@ -17,7 +17,7 @@
  * @packageDocumentation
  */
 
-import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import { RamMemory } from '../memory/index.js';
 import { VirtioError } from '../spec/index.js';
 import {
@@ -726,7 +726,11 @@ function firstMessage(port: MessagePort, w: Worker, timeoutMs: number, what: str
     };
     const onExit = (code: number): void => {
       cleanup();
-      reject(new VirtioError('DEVICE_FAILED', `${what} exited with code ${code} while starting`));
+      // The worker's last message and its exit travel on different channels: a message posted
+      // just before exiting (a setup failure) may still be queued on the port. Take it first.
+      const queued = receiveMessageOnPort(port);
+      if (queued !== undefined) resolve(queued.message);
+      else reject(new VirtioError('DEVICE_FAILED', `${what} exited with code ${code} while starting`));
     };
     const cleanup = (): void => {
       clearTimeout(timer);
