@@ -1,6 +1,6 @@
 // Bundles fuzz/jazzer/entry.ts (and everything it imports) into one CommonJS file for
 // Jazzer.js 2.1, which instruments code through require hooks and so cannot see ES modules.
-// Uses rolldown, already installed with vitest (vite 8). Usage: node fuzz/jazzer/bundle.mjs <out.cjs>
+// Uses rolldown (a dev dependency, the bundler vite 8 under vitest uses too). Usage: node fuzz/jazzer/bundle.mjs <out.cjs>
 import { resolve } from 'node:path';
 import { build } from 'rolldown';
 
