@@ -1086,13 +1086,6 @@ export class MmioDriver implements VirtioTransportDriver {
   }
 
   /**
-   * Available buffer notification (Linux `vm_notify` / `vm_notify_with_data`, 4.2.3.3): QueueNotify
-   * gets the queue index, or with VIRTIO_F_NOTIFICATION_DATA the notification data: vqn in bits
-   * 0..15, and for a split ring the next available index in bits 16..31 (next_off = its 15 low bits,
-   * next_wrap = bit 15). Allocation-free.
-   * @throws VirtioError `INVALID_ARGUMENT` for a queue this driver did not set up
-   */
-  /**
    * Where notifications of queue `index` go: its notification offset (QueueNotify, or the seed's
    * per-queue address) and whether the value carries notification data.
    * @throws VirtioError `INVALID_ARGUMENT` for a queue this driver did not set up
@@ -1105,6 +1098,13 @@ export class MmioDriver implements VirtioTransportDriver {
     return { offset: slot.notifyOffset, withData: this.notificationData };
   }
 
+  /**
+   * Available buffer notification (Linux `vm_notify` / `vm_notify_with_data`, 4.2.3.3): QueueNotify
+   * gets the queue index, or with VIRTIO_F_NOTIFICATION_DATA the notification data: vqn in bits
+   * 0..15, and for a split ring the next available index in bits 16..31 (next_off = its 15 low bits,
+   * next_wrap = bit 15). Allocation-free.
+   * @throws VirtioError `INVALID_ARGUMENT` for a queue this driver did not set up
+   */
   notify(queue: DriverQueue): void {
     const slot = this.byIndex.get(queue.index);
     if (slot === undefined || slot.queue !== queue) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Machine } from '../../platform/index.js';
-import { AvailFlag, VirtioError } from '../../spec/index.js';
+import { AvailFlag, MmioReg, VirtioError } from '../../spec/index.js';
 import type { InterruptMode } from '../../transport/index.js';
 import { createNetLink } from './backend.js';
 import { NetDevice } from './device.js';
@@ -218,7 +218,10 @@ describe('NetDriver pairs serviced on another vCPU', () => {
   });
 
   it('refuses a handoff whose queues are not the pair it names', () => {
-    const { ma, a } = twoMachines({}, () => ({ remotePairs: [{ pair: 1, forward: () => {} }] }));
+    const { ma, a, ta } = twoMachines({}, () => ({ remotePairs: [{ pair: 1, forward: () => {} }] }));
+    // Where a queue set up here is notified: QueueNotify with the index as value (no NOTIFICATION_DATA).
+    expect(ta.notifyLocation(2)).toEqual({ offset: MmioReg.QueueNotify, withData: false });
+    expectError(() => ta.notifyLocation(99), 'INVALID_ARGUMENT');
     const h = a.handoff(1);
     const bad: NetPairHandoff = { ...h, rx: { ...h.rx, index: 0 } };
     expectError(() => new NetPairDriver(ma.mem, ma.dma, bad, () => {}), 'INVALID_ARGUMENT');
