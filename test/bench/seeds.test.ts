@@ -246,6 +246,15 @@ describe('seeds bench: multiqueue, two vCPUs (tiny runs, counts only)', () => {
     expect(e.exitDetail.eoi).toBe(e.exitDetail.read);
   });
 
+  it('2 pairs, posted notifications: the control command answered after the doorbell wakes the prober; no exit', async () => {
+    // Selecting 2 pairs goes through the control queue; with a posted doorbell the device answers on
+    // the VMM thread after the write returned, so the halted vCPU needs that queue's interrupt.
+    const e = await measureMqMode(mqMode(2, 'msi', 'posted'), tiny);
+    expect(e.operations).toBe(600);
+    expect(e.exits).toBe(0);
+    expect(e.ipis).toBe(0);
+  });
+
   it('1 pair: both flows on vCPU 0, the standard line costs its three handler accesses per interrupt', async () => {
     const e = await measureMqMode(mqMode(1, 'line-v2', 'trapped'), tiny);
     expect(e.interruptMode).toBe('line');

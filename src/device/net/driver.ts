@@ -318,7 +318,10 @@ export class NetDriver {
       }
       if (features.has(NetFeature.CTRL_VQ)) {
         // 5.1.2: the control queue is the last one: 2N with MQ, else 2.
-        requests.push({ index: 2 * c.maxPairs, callback: null, size: options.queueSize });
+        // An interrupt for the control queue's answer: Linux busy-polls it, but a guest that
+        // halts while waiting (as `command` does) needs to be woken when the device answers after
+        // the notification returned (a posted doorbell served on another thread).
+        requests.push({ index: 2 * c.maxPairs, callback: () => {}, size: options.queueSize });
       }
       const queues = t.setupQueues(requests) as DriverQueue<number>[];
       const dma = t.dma;
