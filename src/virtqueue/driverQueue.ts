@@ -318,6 +318,10 @@ export class DriverQueue<T = unknown> {
       // 2.7.7.1: ask for the next interrupt as soon as one more buffer is used. Not while
       // callbacks are disabled: re-arming here would undo disableCallbacks.
       mem.write16(this.rings.availRing + AVAIL_RING + 2 * this.size, this.lastUsed);
+      // ... and make it visible before used.idx is read again (Linux virtio_store_mb): a device on
+      // another thread publishes used.idx then reads used_event; without the barrier both can
+      // read the old value, no interrupt is sent and the driver halts on a buffer it never sees.
+      mem.fence?.();
     }
     return { token: o.token, len };
   }

@@ -45,6 +45,8 @@ import type { GuestEnv } from './vcpu.js';
 
 /** Vector vCPU 1 takes pair 1's forwarded completions on (an IPI from vCPU 0). */
 export const MQ_FORWARD_VECTOR = 0x48;
+/** Vector that wakes a vCPU idling at a rendezvous (see {@link mqLoop}). */
+export const MQ_WAKE_VECTOR = 0x49;
 
 /** Ethernet + IPv4 + UDP header bytes before the UDP payload. */
 const UDP_PAYLOAD_OFFSET = 14 + 20 + 8;
@@ -95,6 +97,7 @@ export function mqReserve(env: GuestEnv): MqReservation {
     ipisTaken++;
     service();
   });
+  p.requestVector(MQ_WAKE_VECTOR, () => {});
   return { rxMsi: p.msiMessage(rxVector), forwardVector: MQ_FORWARD_VECTOR };
 }
 
@@ -141,6 +144,7 @@ export function mqInit(env: GuestEnv): MqInitResult {
       },
     ];
   }
+  env.platform.requestVector(MQ_WAKE_VECTOR, () => {});
   net = NetDriver.probe(t, { queuePairs: a.pairs, txReclaimOnSend: true, remotePairs });
   if (net.queuePairsInUse !== a.pairs) {
     throw new VirtioError('DEVICE_FAILED', `net0 uses ${net.queuePairsInUse} pairs, not ${a.pairs}`);
@@ -165,7 +169,7 @@ export interface MqLoopArgs {
   /** Stop after this many timed transactions or `durationMs`, whichever comes first. */
   readonly count: number;
   readonly durationMs: number;
-  /** Word 0: vCPUs arrived at the start line (both loops start timing together). */
+  /** Word 0: vCPUs at the start line; word 1: vCPUs finished (8 bytes, zeroed). */
   readonly barrier: SharedArrayBuffer;
   /** vCPUs taking part. */
   readonly parties: number;
@@ -263,17 +267,30 @@ export function mqLoop(env: GuestEnv): MqLoopResult {
     }
     return { n: completed, elapsedNs: (now - start) * 1e6 };
   };
+  // A vCPU that is done must go on taking interrupts until the other is done too: with one shared
+  // line or vector every completion of pair 1 lands on vCPU 0 and reaches vCPU 1 only through
+  // vCPU 0's handler (an idle CPU halts with interrupts on). The last to arrive wakes the others.
+  if (a.barrier.byteLength < 8) throw new VirtioError('INVALID_ARGUMENT', 'mq barrier needs 8 bytes');
+  const b = new Int32Array(a.barrier, 0, 2);
+  const rendezvous = (word: number): void => {
+    if (Atomics.add(b, word, 1) + 1 === a.parties) {
+      for (let v = 0; v < a.parties; v++) if (v !== env.vcpu) platform.sendIpi(v, MQ_WAKE_VECTOR);
+      return;
+    }
+    while (Atomics.load(b, word) < a.parties) platform.halt();
+  };
   if (a.warmup > 0) run(a.warmup, Number.POSITIVE_INFINITY, null);
   // Start line: both vCPUs begin timing together.
-  const b = new Int32Array(a.barrier, 0, 1);
-  Atomics.add(b, 0, 1);
-  while (Atomics.load(b, 0) < a.parties) Atomics.wait(b, 0, Atomics.load(b, 0), 1);
+  rendezvous(0);
   ipisSent = 0;
   ipisTaken = 0;
   const lat = new Float64Array(Math.max(1, Math.min(a.count, 4_000_000)));
   const limit = a.durationMs > 0 ? a.durationMs : Number.POSITIVE_INFINITY;
   const r = run(a.count, limit, lat);
-  return { ...latencySummary(lat, Math.min(r.n, lat.length), r.elapsedNs), ipisSent, ipisTaken };
+  const sent = ipisSent;
+  const taken = ipisTaken;
+  rendezvous(1);
+  return { ...latencySummary(lat, Math.min(r.n, lat.length), r.elapsedNs), ipisSent: sent, ipisTaken: taken };
 }
 
 /**
@@ -281,6 +298,7 @@ export function mqLoop(env: GuestEnv): MqLoopResult {
  * call this on vCPU 0 first), vCPU 0 removes the driver (reset, queues released).
  */
 export function mqRemove(env: GuestEnv): void {
+  env.platform.requestVector(MQ_WAKE_VECTOR, null);
   if (env.vcpu === 0) {
     net?.remove();
     net = null;

@@ -229,7 +229,9 @@ describe('seeds bench: multiqueue, two vCPUs (tiny runs, counts only)', () => {
     // One timed run per vCPU of up to 300 transactions each.
     expect(e.operations).toBe(600);
     expect(e.exitDetail).toEqual({ read: 0, write: 1, eoi: 0, irqchip: 0 });
-    expect(e.interrupts).toBe(1);
+    // One interrupt per transaction, plus at most the two rendezvous wake-ups of each vCPU per run.
+    expect(e.interrupts).toBeGreaterThanOrEqual(1);
+    expect(e.interrupts).toBeLessThanOrEqual(1 + 4 / e.operations);
     expect(e.handlerAccesses).toBe(0);
     expect(e.ipis).toBe(0);
   });

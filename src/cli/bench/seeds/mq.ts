@@ -131,7 +131,7 @@ export async function measureMqMode(mode: MqMode, config: SeedsConfig): Promise<
     if (mode.pairs === 2) await vm.run(1, M('mqAdopt'), opts({ handoff: init.handoff }));
     const loops = async (warmup: number, count: number, durationMs: number): Promise<MqLoopResult[]> => {
       const parties = mode.pairs;
-      const barrier = new SharedArrayBuffer(4);
+      const barrier = new SharedArrayBuffer(8);
       const common = {
         warmup,
         count,
