@@ -8,18 +8,13 @@
  * @packageDocumentation
  */
 
-import { MmioReg, VirtioError } from '../../../spec/index.js';
+import { VirtioError } from '../../../spec/index.js';
 import type { InterruptMode } from '../../../transport/index.js';
-import {
-  type ModuleRef,
-  type NotifyMode,
-  ThreadedVm,
-  type VcpuStats,
-  vmmModule,
-} from '../../../vmm/index.js';
+import { type ModuleRef, type NotifyMode, ThreadedVm, vmmModule } from '../../../vmm/index.js';
 import type { MqInitResult, MqLoopResult, MqReservation } from '../../../vmm/mqPrograms.js';
 import type { IrqLayout } from './modes.js';
 import { median, type SeedsConfig, type SeedsResultEntry } from './results.js';
+import { Tally } from './tally.js';
 
 const M = (name: string): ModuleRef => vmmModule('mqPrograms', name);
 const B = (name: string): ModuleRef => vmmModule('benchPrograms', name);
@@ -63,40 +58,6 @@ export function mqModes(quick: boolean): MqMode[] {
     out.push(mqMode(2, 'msi', notify));
   }
   return out;
-}
-
-/** Counts summed over both vCPUs and every timed run. */
-class MqTally {
-  read = 0;
-  write = 0;
-  eoi = 0;
-  irqchip = 0;
-  doorbells = 0;
-  interrupts = 0;
-  handler = 0;
-  hltWakeups = 0;
-  ipis = 0;
-  ops = 0;
-
-  add(s: VcpuStats): void {
-    this.read += s.exits.read;
-    this.write += s.exits.write;
-    this.eoi += s.exits.eoi;
-    this.irqchip += s.exits.irqchip;
-    this.doorbells += s.doorbells;
-    this.interrupts += s.interrupts;
-    this.hltWakeups += s.exits.hltWakeup;
-    for (const r of s.registers) {
-      if (r.device !== 'net0') continue;
-      if (r.offset === MmioReg.InterruptStatus) this.handler += r.reads + r.local;
-      if (r.offset === MmioReg.InterruptACK) this.handler += r.writes + r.posted + r.local;
-    }
-    this.handler += s.exits.eoi + s.local.eois;
-  }
-
-  per(x: number): number {
-    return this.ops > 0 ? x / this.ops : 0;
-  }
 }
 
 /**
@@ -146,7 +107,7 @@ export async function measureMqMode(mode: MqMode, config: SeedsConfig): Promise<
       return (await Promise.all(runs)) as MqLoopResult[];
     };
     if (config.warmup > 0) await loops(config.warmup, 0, 0);
-    const tally = new MqTally();
+    const tally = new Tally();
     const values: number[] = [];
     const p50: number[] = [];
     const p90: number[] = [];
@@ -166,9 +127,8 @@ export async function measureMqMode(mode: MqMode, config: SeedsConfig): Promise<
       }
       const s0 = vm.vcpuStats(0);
       const s1 = vm.vcpuStats(1);
-      tally.add(s0);
-      tally.add(s1);
-      tally.ops += ops;
+      tally.add(s0, 'net0', ops);
+      tally.add(s1, 'net0', 0);
       values.push(perSec);
       // Latency of the slower vCPU's flows (the one the forwarding mode penalizes).
       p50.push(Math.max(...rs.map((r) => r.p50Us)));
@@ -180,7 +140,6 @@ export async function measureMqMode(mode: MqMode, config: SeedsConfig): Promise<
     }
     await vm.run(0, M('mqRemove'), opts(undefined));
     await vm.run(1, M('mqRemove'), opts(undefined));
-    const t = tally;
     return {
       workload: 'rr-mq',
       mode: mode.name,
@@ -190,19 +149,8 @@ export async function measureMqMode(mode: MqMode, config: SeedsConfig): Promise<
       cpuCores: median(cpu),
       latencyUs: { p50: median(p50), p90: median(p90), p99: median(p99) },
       interruptMode: init.mode,
-      exits: t.per(t.read + t.write + t.eoi + t.irqchip),
-      doorbells: t.per(t.doorbells),
-      interrupts: t.per(t.interrupts),
-      handlerAccesses: t.per(t.handler),
-      hltWakeups: t.per(t.hltWakeups),
-      ipis: t.per(t.ipis),
-      exitDetail: {
-        read: t.per(t.read),
-        write: t.per(t.write),
-        eoi: t.per(t.eoi),
-        irqchip: t.per(t.irqchip),
-      },
-      operations: t.ops,
+      ...tally.entry(),
+      ipis: tally.per(tally.ipis),
     };
   } finally {
     await vm.stop();

@@ -10,9 +10,9 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MmioReg, VirtioError } from '../../../spec/index.js';
+import { VirtioError } from '../../../spec/index.js';
 import type { RrRunResult } from '../../../vmm/benchPrograms.js';
-import { type ModuleRef, ThreadedVm, type VcpuStats, vmmModule } from '../../../vmm/index.js';
+import { type ModuleRef, ThreadedVm, vmmModule } from '../../../vmm/index.js';
 import { BLK_QUEUE_DEPTHS, blkModes, type RrMode, rrModes } from './modes.js';
 import { measureMqMode, mqModes } from './mq.js';
 import { writeSeedsOutputs } from './report.js';
@@ -26,6 +26,7 @@ import {
   type SeedsResultEntry,
   seedsMachine,
 } from './results.js';
+import { Tally } from './tally.js';
 
 /** Progress of a run, reported before each step and once at the end. */
 export interface SeedsProgress {
@@ -119,64 +120,6 @@ export function pollModes(quick: boolean): RrMode[] {
   const names = new Set(['line-v2 trapped', 'msi trapped', 'msi posted']);
   // (the blocking rows of the same names are in every quick run)
   return all.filter((m) => names.has(m.name));
-}
-
-/** Counts summed over the timed runs of a mode. */
-class Tally {
-  read = 0;
-  write = 0;
-  eoi = 0;
-  irqchip = 0;
-  doorbells = 0;
-  interrupts = 0;
-  handler = 0;
-  hltWakeups = 0;
-  ops = 0;
-
-  /** Adds one run's vCPU counters (for `device`'s handler registers). */
-  add(s: VcpuStats, device: string | null, ops: number): void {
-    this.read += s.exits.read;
-    this.write += s.exits.write;
-    this.eoi += s.exits.eoi;
-    this.irqchip += s.exits.irqchip;
-    this.doorbells += s.doorbells;
-    this.interrupts += s.interrupts;
-    this.hltWakeups += s.exits.hltWakeup;
-    this.ops += ops;
-    if (device !== null) {
-      for (const r of s.registers) {
-        if (r.device !== device) continue;
-        if (r.offset === MmioReg.InterruptStatus) this.handler += r.reads + r.local;
-        if (r.offset === MmioReg.InterruptACK) this.handler += r.writes + r.posted + r.local;
-      }
-      this.handler += s.exits.eoi + s.local.eois;
-    }
-  }
-
-  private per(x: number): number {
-    return this.ops > 0 ? x / this.ops : 0;
-  }
-
-  /** The per-operation fields of a result entry. */
-  entry(): Pick<
-    SeedsResultEntry,
-    'exits' | 'doorbells' | 'interrupts' | 'handlerAccesses' | 'hltWakeups' | 'exitDetail' | 'operations'
-  > {
-    return {
-      exits: this.per(this.read + this.write + this.eoi + this.irqchip),
-      doorbells: this.per(this.doorbells),
-      interrupts: this.per(this.interrupts),
-      handlerAccesses: this.per(this.handler),
-      hltWakeups: this.per(this.hltWakeups),
-      exitDetail: {
-        read: this.per(this.read),
-        write: this.per(this.write),
-        eoi: this.per(this.eoi),
-        irqchip: this.per(this.irqchip),
-      },
-      operations: this.ops,
-    };
-  }
 }
 
 /** Median latency percentiles over runs. */
