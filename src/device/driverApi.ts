@@ -123,6 +123,15 @@ export interface VirtioTransportDriver {
   onConfigChange(handler: () => void): void;
 }
 
+/**
+ * The value of an available buffer notification for queue `index` (4.2.3.3): the index, or with
+ * VIRTIO_F_NOTIFICATION_DATA the index in bits 0..15 and, for a split ring, the next available
+ * index in bits 16..31 (next_off = its 15 low bits, next_wrap = bit 15). Allocation-free.
+ */
+export function notificationValue(index: number, availIndex: number, withData: boolean): number {
+  return withData ? ((index & 0xffff) | ((availIndex & 0xffff) << 16)) >>> 0 : index;
+}
+
 /** Bound on retries of a configuration read racing device changes (2.4.1). */
 const CONFIG_READ_RETRIES = 100;
 

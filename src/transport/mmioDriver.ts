@@ -32,6 +32,7 @@ import {
   Features,
   type MsiMessageData,
   type NotifyLocation,
+  notificationValue,
   type QueueRequest,
   type VirtioTransportDriver,
 } from '../device/index.js';
@@ -1113,10 +1114,10 @@ export class MmioDriver implements VirtioTransportDriver {
         `${this.name}: queue ${String(queue.index)} is not set up here`,
       );
     }
-    const value = this.notificationData
-      ? ((queue.index & 0xffff) | ((queue.availIndex & 0xffff) << 16)) >>> 0
-      : queue.index;
-    this.access.write32(slot.notifyOffset, value);
+    this.access.write32(
+      slot.notifyOffset,
+      notificationValue(queue.index, queue.availIndex, this.notificationData),
+    );
   }
 
   /**

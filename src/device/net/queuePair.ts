@@ -11,7 +11,7 @@
 import type { GuestAllocator, GuestMemory } from '../../memory/index.js';
 import { ETH_HLEN, NetHdr, VirtioError } from '../../spec/index.js';
 import { DriverQueue, type RingAddresses } from '../../virtqueue/index.js';
-import type { NotifyLocation } from '../driverApi.js';
+import { type NotifyLocation, notificationValue } from '../driverApi.js';
 
 /** Frame geometry a pair needs, fixed at negotiation. */
 export interface NetPairGeometry {
@@ -343,10 +343,7 @@ export class NetPairDriver {
     }
     const kick = (queue: DriverQueue<number>): void => {
       const loc = queue === this.q.rx ? h.rx.notify : h.tx.notify;
-      const value = loc.withData
-        ? ((queue.index & 0xffff) | ((queue.availIndex & 0xffff) << 16)) >>> 0
-        : queue.index;
-      write32(loc.offset, value);
+      write32(loc.offset, notificationValue(queue.index, queue.availIndex, loc.withData));
     };
     const rx = new DriverQueue<number>(mem, h.rx.index, h.rx.size, h.rx.rings, { eventIdx: h.rx.eventIdx });
     const tx = new DriverQueue<number>(mem, h.tx.index, h.tx.size, h.tx.rings, { eventIdx: h.tx.eventIdx });
