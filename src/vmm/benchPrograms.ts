@@ -25,6 +25,9 @@ import {
   BlkDriver,
   buildUdpFrame,
   createNetLink,
+  HOST_PEER_RR_PORT,
+  HOST_PEER_SINK_PORT,
+  HOST_PEER_SOURCE_PORT,
   HostPeer,
   type NetBackend,
   NetDevice,
@@ -51,9 +54,32 @@ export const RR_PEER_MAC = '02:00:00:00:00:fe';
 /** Guest UDP source port. */
 export const RR_GUEST_PORT = 40000;
 /** Ethernet + IPv4 + UDP header bytes before the UDP payload. */
-const UDP_PAYLOAD_OFFSET = 14 + 20 + 8;
+export const UDP_PAYLOAD_OFFSET = 14 + 20 + 8;
 /** Offset of the UDP checksum in a frame. */
 const UDP_CHECKSUM_OFFSET = 14 + 20 + 6;
+
+/**
+ * A UDP frame from the guest (`mac`, {@link RR_GUEST_IP}, `srcPort`) to the peer
+ * ({@link RR_PEER_MAC}, {@link RR_PEER_IP}, `dstPort`) carrying `payload`, with the UDP checksum 0
+ * ("not computed", allowed over IPv4) so that a sequence number or transaction id can be patched in
+ * at {@link UDP_PAYLOAD_OFFSET} through the returned view without recomputing it.
+ */
+export function guestUdpFrame(
+  mac: Uint8Array,
+  srcPort: number,
+  dstPort: number,
+  payload: Uint8Array,
+): { frame: Uint8Array; view: DataView } {
+  const frame = buildUdpFrame(
+    parseMac(RR_PEER_MAC),
+    mac,
+    { src: parseIpv4Address(RR_GUEST_IP), dst: parseIpv4Address(RR_PEER_IP), id: 1 },
+    { srcPort, dstPort, data: payload },
+  );
+  frame[UDP_CHECKSUM_OFFSET] = 0;
+  frame[UDP_CHECKSUM_OFFSET + 1] = 0;
+  return { frame, view: new DataView(frame.buffer, frame.byteOffset, frame.length) };
+}
 
 // -------------------------------------------------------------------------------------------------
 // Machine setup (VMM worker).
@@ -230,6 +256,29 @@ export function latencySummary(lat: Float64Array, n: number, elapsedNs: number):
 }
 
 /**
+ * Runs `one` transaction `warmup` times untimed, then times each until `count` transactions or
+ * `durationMs` (0: count only) have passed; returns the summary.
+ */
+export function timeTransactions(
+  one: () => void,
+  a: { readonly warmup: number; readonly count: number; readonly durationMs: number },
+): RrRunResult {
+  for (let i = 0; i < a.warmup; i++) one();
+  const lat = new Float64Array(Math.max(1, a.count));
+  const limitMs = a.durationMs > 0 ? a.durationMs : Number.POSITIVE_INFINITY;
+  const start = performance.now();
+  let n = 0;
+  let now = start;
+  while (n < a.count && now - start < limitMs) {
+    const t0 = now;
+    one();
+    now = performance.now();
+    lat[n++] = (now - t0) * 1000;
+  }
+  return latencySummary(lat, n, (now - start) * 1e6);
+}
+
+/**
  * The request/response loop (netperf TCP_RR-like, over UDP): sends a `requestSize`-byte request
  * carrying a transaction id to the peer, waits in halt until the `responseSize`-byte answer with
  * that id arrived (the driver's receive interrupt harvests it), and times each transaction.
@@ -243,16 +292,7 @@ export function netRrLoop(env: GuestEnv): RrRunResult {
   const reqSize = a.requestSize ?? 32;
   const respSize = a.responseSize ?? 1024;
   const payload = new Uint8Array(reqSize);
-  const frame = buildUdpFrame(
-    parseMac(RR_PEER_MAC),
-    d.mac,
-    { src: parseIpv4Address(RR_GUEST_IP), dst: parseIpv4Address(RR_PEER_IP), id: 1 },
-    { srcPort: RR_GUEST_PORT, dstPort: 12866, data: payload },
-  );
-  // UDP checksum 0 ("no checksum", IPv4): the transaction id can then be patched in place.
-  frame[UDP_CHECKSUM_OFFSET] = 0;
-  frame[UDP_CHECKSUM_OFFSET + 1] = 0;
-  const view = new DataView(frame.buffer, frame.byteOffset, frame.length);
+  const { frame, view } = guestUdpFrame(d.mac, RR_GUEST_PORT, HOST_PEER_RR_PORT, payload);
   let txid = 0;
   const platform = env.platform;
   const one = (): void => {
@@ -270,19 +310,7 @@ export function netRrLoop(env: GuestEnv): RrRunResult {
       throw new VirtioError('DEVICE_FAILED', `wrong answer to request ${txid} (${r.length} bytes)`);
     }
   };
-  for (let i = 0; i < a.warmup; i++) one();
-  const lat = new Float64Array(Math.max(1, a.count));
-  const limitMs = a.durationMs > 0 ? a.durationMs : Number.POSITIVE_INFINITY;
-  const start = performance.now();
-  let n = 0;
-  let now = start;
-  while (n < a.count && now - start < limitMs) {
-    const t0 = now;
-    one();
-    now = performance.now();
-    lat[n++] = (now - t0) * 1000;
-  }
-  return latencySummary(lat, n, (now - start) * 1e6);
+  return timeTransactions(one, a);
 }
 
 /** Arguments of {@link netBulkTxLoop} and {@link netBulkRxLoop}. */
@@ -299,10 +327,6 @@ export interface NetBulkLoopArgs {
   readonly batch?: number;
 }
 
-/** Port of the peer's bulk receiver and source (HostPeer defaults). */
-const BULK_SINK_PORT = 5001;
-const BULK_SOURCE_PORT = 5002;
-
 /**
  * iperf-like transmit: UDP datagrams of `size` bytes with a sequence number to the peer's bulk
  * receiver, `batch` frames per notification (Linux `xmit_more`), transmit slots reclaimed on send;
@@ -317,15 +341,7 @@ export function netBulkTxLoop(env: GuestEnv): RrRunResult {
   if (d === null) throw new VirtioError('INVALID_STATE', 'netBulkTxLoop before netRrInit');
   const size = a.size ?? 1472;
   const batch = a.batch ?? 64;
-  const frame = buildUdpFrame(
-    parseMac(RR_PEER_MAC),
-    d.mac,
-    { src: parseIpv4Address(RR_GUEST_IP), dst: parseIpv4Address(RR_PEER_IP), id: 1 },
-    { srcPort: RR_GUEST_PORT, dstPort: BULK_SINK_PORT, data: new Uint8Array(size) },
-  );
-  frame[UDP_CHECKSUM_OFFSET] = 0;
-  frame[UDP_CHECKSUM_OFFSET + 1] = 0;
-  const view = new DataView(frame.buffer, frame.byteOffset, frame.length);
+  const { frame, view } = guestUdpFrame(d.mac, RR_GUEST_PORT, HOST_PEER_SINK_PORT, new Uint8Array(size));
   let seq = 0;
   const sendOne = (): void => {
     view.setUint32(UDP_PAYLOAD_OFFSET, seq);
@@ -387,12 +403,7 @@ export function netBulkRxLoop(env: GuestEnv): RrRunResult {
   const req = new Uint8Array(8);
   new DataView(req.buffer).setUint32(0, batch);
   new DataView(req.buffer).setUint32(4, size);
-  const request = buildUdpFrame(
-    parseMac(RR_PEER_MAC),
-    d.mac,
-    { src: parseIpv4Address(RR_GUEST_IP), dst: parseIpv4Address(RR_PEER_IP), id: 1 },
-    { srcPort: RR_GUEST_PORT, dstPort: BULK_SOURCE_PORT, data: req },
-  );
+  const request = guestUdpFrame(d.mac, RR_GUEST_PORT, HOST_PEER_SOURCE_PORT, req).frame;
   const platform = env.platform;
   let expectSeq = -1;
   const one = (): void => {
@@ -515,19 +526,7 @@ export function rrIdeal(env: GuestEnv): RrRunResult | number {
     if (resp[0] !== req[0]) throw new VirtioError('DEVICE_FAILED', 'ideal loop: wrong response');
   };
   try {
-    for (let i = 0; i < a.warmup; i++) one();
-    const lat = new Float64Array(Math.max(1, a.count));
-    const limitMs = a.durationMs > 0 ? a.durationMs : Number.POSITIVE_INFINITY;
-    const start = performance.now();
-    let n = 0;
-    let now = start;
-    while (n < a.count && now - start < limitMs) {
-      const t0 = now;
-      one();
-      now = performance.now();
-      lat[n++] = (now - t0) * 1000;
-    }
-    return latencySummary(lat, n, (now - start) * 1e6);
+    return timeTransactions(one, a);
   } finally {
     Atomics.store(i32, 0, IDEAL_STOP);
     Atomics.notify(i32, 0);

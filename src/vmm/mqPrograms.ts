@@ -21,25 +21,22 @@
  */
 
 import {
-  buildUdpFrame,
+  HOST_PEER_RR_PORT,
   type MsiMessageData,
   NetDriver,
   NetPairDriver,
   type NetPairHandoff,
   type NetRemotePair,
-  parseIpv4Address,
-  parseMac,
   waitUntil,
 } from '../device/index.js';
 import { VirtioError } from '../spec/index.js';
 import type { InterruptMode } from '../transport/index.js';
 import {
+  guestUdpFrame,
   latencySummary,
-  RR_GUEST_IP,
   RR_GUEST_PORT,
-  RR_PEER_IP,
-  RR_PEER_MAC,
   type RrRunResult,
+  UDP_PAYLOAD_OFFSET,
 } from './benchPrograms.js';
 import type { GuestEnv } from './vcpu.js';
 
@@ -47,13 +44,6 @@ import type { GuestEnv } from './vcpu.js';
 export const MQ_FORWARD_VECTOR = 0x48;
 /** Vector that wakes a vCPU idling at a rendezvous (see {@link mqLoop}). */
 export const MQ_WAKE_VECTOR = 0x49;
-
-/** Ethernet + IPv4 + UDP header bytes before the UDP payload. */
-const UDP_PAYLOAD_OFFSET = 14 + 20 + 8;
-/** Offset of the UDP checksum in a frame. */
-const UDP_CHECKSUM_OFFSET = 14 + 20 + 6;
-/** The peer's request/response port. */
-const RR_PEER_PORT = 12866;
 
 /** What this vCPU drives: NetDriver pair 0 (vCPU 0) or a handed-off pair (vCPU 1). */
 interface FlowPort {
@@ -210,21 +200,14 @@ export function mqLoop(env: GuestEnv): MqLoopResult {
   const frames: Uint8Array[] = [];
   const views: DataView[] = [];
   for (let f = 0; f < flows; f++) {
-    const frame = buildUdpFrame(
-      parseMac(RR_PEER_MAC),
+    const { frame, view } = guestUdpFrame(
       port.mac,
-      { src: parseIpv4Address(RR_GUEST_IP), dst: parseIpv4Address(RR_PEER_IP), id: 1 },
-      {
-        srcPort: RR_GUEST_PORT + 16 * env.vcpu + f,
-        dstPort: RR_PEER_PORT,
-        data: new Uint8Array(a.requestSize),
-      },
+      RR_GUEST_PORT + 16 * env.vcpu + f,
+      HOST_PEER_RR_PORT,
+      new Uint8Array(a.requestSize),
     );
-    // UDP checksum 0 ("no checksum", IPv4): the transaction id is patched in place.
-    frame[UDP_CHECKSUM_OFFSET] = 0;
-    frame[UDP_CHECKSUM_OFFSET + 1] = 0;
     frames.push(frame);
-    views.push(new DataView(frame.buffer, frame.byteOffset, frame.length));
+    views.push(view);
   }
   const txid = new Uint32Array(flows);
   const sentAt = new Float64Array(flows);
